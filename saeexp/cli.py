@@ -1,0 +1,65 @@
+"""Console scripts: `saeexp` (train; a Hydra main, so `-m` sweeps and `--cfg job` work) and `saeexp-eval`."""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from saeexp.errors import ConfigError, TrainingDiverged
+
+# the config tree lives at the project's top level (`conf/`), next to the package
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def run_name(override_dirname: str) -> str:
+    """A run directory name fixed by the command's overrides (never by the clock), so a rerun finds it."""
+    name = re.sub(r"[^\w.,=+-]", "_", override_dirname or "") or "default"
+    return name[:200]
+
+
+OmegaConf.register_new_resolver("run_name", run_name, replace=True)
+
+
+def _fail(e: Exception) -> None:
+    """One line on stderr, exit 2; under `-m` re-raise so the launcher records this job as failed."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        multirun = HydraConfig.get().mode.name == "MULTIRUN"
+    except ValueError:
+        multirun = False
+    if multirun:
+        raise e
+    print(f"saeexp: error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def _train_main(cfg: DictConfig):
+    from saeexp.train.run import train
+
+    try:
+        return train(cfg)
+    except (ConfigError, TrainingDiverged) as e:
+        _fail(e)
+
+
+@hydra.main(config_path=CONF_DIR, config_name="eval", version_base="1.3")
+def _eval_main(cfg: DictConfig):
+    from saeexp.evaluate import evaluate_saved
+
+    try:
+        return evaluate_saved(cfg)
+    except ConfigError as e:
+        _fail(e)
+
+
+def main() -> None:
+    _train_main()
+
+
+def eval_main() -> None:
+    _eval_main()

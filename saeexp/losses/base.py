@@ -1,0 +1,27 @@
+"""The loss is a sum of named terms; each term is a small module that returns its weighted value."""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from saeexp.errors import ConfigError
+from saeexp.sae.base import SAE, SAEOutput
+
+
+class LossTerm(nn.Module):
+    """One named term of the loss. `forward` returns the term already multiplied by its coefficient."""
+
+    name: str = "term"
+    # sparsity penalties are multiplied by the sparsity-coefficient warm-up factor
+    is_sparsity: bool = False
+
+    def __init__(self, coef: float = 1.0):
+        super().__init__()
+        if not isinstance(coef, (int, float)) or coef != coef or coef < 0:
+            raise ConfigError(f"{self.name} coefficient {coef!r}: expected a number >= 0")
+        self.coef = float(coef)
+
+    def validate(self, sae: SAE) -> None:
+        """Raise ConfigError when this term makes no sense for this SAE (checked before training)."""
+
+    def forward(self, x_BD: Tensor, out: SAEOutput, sae: SAE) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError

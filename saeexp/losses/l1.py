@@ -1,0 +1,37 @@
+"""L1 sparsity penalties on feature activations (activations are >= 0, so |f| = f)."""
+from torch import Tensor
+
+from saeexp.errors import ConfigError
+from saeexp.losses.base import LossTerm
+
+
+class L1(LossTerm):
+    """lambda * mean over tokens of sum_i f_i; meant for a unit-norm decoder."""
+
+    name = "l1"
+    is_sparsity = True
+
+    def validate(self, sae) -> None:
+        if not getattr(sae, "accepts_penalty", True):
+            raise ConfigError(f"loss={self.name} on {type(sae).__name__}: this SAE sets its sparsity "
+                              "structurally; use loss=none")
+
+    def forward(self, x_BD: Tensor, out, sae) -> Tensor:
+        # sum of all activations / tokens: no batch x width temporary beyond what autograd needs
+        return self.coef * out.acts_BF.sum() / out.acts_BF.shape[0]
+
+
+class L1DecoderNorm(L1):
+    """lambda * sum_i f_i * ||W_dec_i|| (Anthropic, April 2024 update); the decoder norm stays free."""
+
+    name = "l1_decoder_norm"
+
+    def validate(self, sae) -> None:
+        super().validate(sae)
+        if sae.decoder_norm != "free":
+            raise ConfigError("loss=l1_decoder_norm with model.decoder_norm=unit: the decoder-norm-weighted "
+                              "penalty replaces the unit-norm constraint; set model.decoder_norm=free")
+
+    def forward(self, x_BD: Tensor, out, sae) -> Tensor:
+        # acts >= 0, so the weighted L1 is a matrix-vector product (no [B, F] product tensor)
+        return self.coef * (out.acts_BF @ sae.decoder_norms()).mean()

@@ -1,0 +1,136 @@
+"""The SAE contract every variant follows: parameters, the named forward output, decoder-norm handling.
+
+Shapes: B tokens, D = d_in, F = d_sae. `W_enc` is [D, F], `W_dec` is [F, D]; the standard encoder is
+`(x - b_dec) @ W_enc + b_enc`. A variant overrides `activation` (and, if it has more encoder
+parameters, `encode_pre` and `encoder_weights`); everything else is shared.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from saeexp.errors import ConfigError
+
+DECODER_NORMS = ("unit", "free")
+
+
+@dataclass
+class SAEOutput:
+    """Everything a loss term, metric or resampler may need from one forward pass."""
+
+    x_hat_BD: Tensor  # reconstruction
+    acts_BF: Tensor  # feature activations f(x)
+    pre_BF: Tensor  # encoder pre-activations
+    # a variant's own loss terms, already weighted (gated auxiliary reconstruction, TopK's AuxK, ...)
+    aux_losses: dict[str, Tensor] = field(default_factory=dict)
+    # a variant's other intermediates (gate pre-activations, thresholds, ...)
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+class SAE(nn.Module):
+    """Standard (ReLU) sparse autoencoder; variants subclass it and replace `activation`."""
+
+    # encoder weights: multiplied by the input scale when it is folded into saved weights
+    encoder_weights: tuple[str, ...] = ("W_enc",)
+    # default penalty this architecture is meant for (used only in error messages)
+    needs_sparsity_penalty: bool = True
+
+    def __init__(self, d_in: int, d_sae: int, decoder_norm: str = "unit", init_dec_norm: float = 1.0,
+                 enc_from_dec: bool = True, seed: int = 0):
+        super().__init__()
+        if not isinstance(d_in, int) or d_in < 1:
+            raise ConfigError(f"d_in={d_in!r}: expected an integer >= 1")
+        if not isinstance(d_sae, int) or d_sae < 1:
+            raise ConfigError(f"model.d_sae={d_sae!r}: expected an integer >= 1")
+        if decoder_norm not in DECODER_NORMS:
+            raise ConfigError(f"model.decoder_norm={decoder_norm!r}: expected one of {DECODER_NORMS}")
+        self.d_in, self.d_sae, self.decoder_norm = d_in, d_sae, decoder_norm
+        gen = torch.Generator().manual_seed(seed)
+        # decoder rows: random directions of norm init_dec_norm (Anthropic, April 2024 update: 0.1 when free)
+        W_dec = torch.randn(d_sae, d_in, generator=gen)
+        W_dec *= init_dec_norm / W_dec.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(W_dec)
+        # W_enc initialised to W_dec transposed (Anthropic, April 2024 update; Gated SAE paper)
+        W_enc = W_dec.t().clone() if enc_from_dec else torch.randn(d_in, d_sae, generator=gen) / d_in**0.5
+        self.W_enc = nn.Parameter(W_enc.contiguous())
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        # tokens since each feature last fired: training bookkeeping (dead features, AuxK, resampling);
+        # persistent so a resumed run continues it, but never part of the saved SAE
+        self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.long))
+
+    # --- the math ---------------------------------------------------------------------------------
+    def encode_pre(self, x_BD: Tensor) -> Tensor:
+        """Pre-activations (x - b_dec) @ W_enc + b_enc, computed as x @ W_enc + (b_enc - b_dec @ W_enc).
+
+        Same value; but x needs no gradient, so autograd skips the product that would only feed b_dec's
+        gradient through the input (b_dec still gets it, as a matrix-vector product).
+        """
+        return torch.addmm(self.b_enc - self.b_dec @ self.W_enc, x_BD, self.W_enc)
+
+    def activation(self, pre_BF: Tensor) -> Tensor:
+        return torch.relu(pre_BF)
+
+    def encode(self, x_BD: Tensor) -> Tensor:
+        """Feature activations f(x)."""
+        return self.activation(self.encode_pre(x_BD))
+
+    def decode(self, acts_BF: Tensor) -> Tensor:
+        """Reconstruction f @ W_dec + b_dec."""
+        return torch.addmm(self.b_dec, acts_BF, self.W_dec)
+
+    def forward(self, x_BD: Tensor) -> SAEOutput:
+        pre_BF = self.encode_pre(x_BD)
+        acts_BF = self.activation(pre_BF)
+        return SAEOutput(self.decode(acts_BF), acts_BF, pre_BF)
+
+    # --- decoder-norm handling (an option of the SAE, applied around the optimiser step) ----------
+    @property
+    def unit_norm(self) -> bool:
+        return self.decoder_norm == "unit"
+
+    def decoder_norms(self) -> Tensor:
+        return self.W_dec.norm(dim=1)
+
+    @torch.no_grad()
+    def remove_parallel_grad(self) -> None:
+        """Drop the gradient component parallel to each (unit) decoder row, before the optimiser step."""
+        if self.W_dec.grad is None:
+            return
+        W, G = self.W_dec, self.W_dec.grad
+        G -= (G * W).sum(dim=1, keepdim=True) * W
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Renormalise decoder rows to unit norm, after the optimiser step."""
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+    # --- bookkeeping ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def update_firing(self, acts_BF: Tensor) -> None:
+        """One pass over the batch: reset the counter of every feature that fired, advance the rest."""
+        fired_F = acts_BF.detach().amax(dim=0) > 0
+        self.tokens_since_fired += acts_BF.shape[0]
+        self.tokens_since_fired.masked_fill_(fired_F, 0)
+
+    def dead_mask(self, window_tokens: int) -> Tensor:
+        return self.tokens_since_fired >= window_tokens
+
+    # --- artifacts --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def fold_input_scale(self, scale: float) -> None:
+        """Make the SAE take raw inputs: it was trained on x * scale, so fold scale into the weights.
+
+        pre = (s x - b_dec) W_enc + b_enc = (x - b_dec / s)(s W_enc) + b_enc, and the output is divided
+        by s: W_dec / s, b_dec / s. Feature activations are unchanged.
+        """
+        for name in self.encoder_weights:
+            getattr(self, name).mul_(scale)
+        self.W_dec.div_(scale)
+        self.b_dec.div_(scale)
+
+    def artifact_state(self) -> dict[str, Tensor]:
+        """Tensors of the saved SAE: the state dict without training bookkeeping."""
+        return {k: v.detach().contiguous() for k, v in self.state_dict().items() if k != "tokens_since_fired"}

@@ -1,0 +1,69 @@
+"""Callbacks: atomic resumable checkpoints, the divergence guard, a progress bar with tokens/s."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+
+from saeexp.errors import TrainingDiverged
+
+
+class RunCheckpoint(Callback):
+    """Keep `<run dir>/checkpoints/last.ckpt`: written to a temporary name and renamed, never with NaN weights.
+
+    It holds model, optimiser, LR schedule, loop state and (through the data module) the stream position,
+    so a resumed run ends where an uninterrupted one would.
+    """
+
+    def __init__(self, path: Path, every_n_steps: int, check_every: int):
+        self.path, self.every, self.check_every = Path(path), every_n_steps, check_every
+
+    def healthy(self, module) -> bool:
+        if int(module.first_bad_step) >= 0:
+            return False
+        return all(torch.isfinite(p).all() for p in module.sae.parameters())
+
+    def save(self, trainer) -> bool:
+        """Save now if the weights are healthy; return whether it saved."""
+        if not self.healthy(trainer.lightning_module):
+            return False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        trainer.save_checkpoint(str(tmp))
+        os.replace(tmp, self.path)
+        return True
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step  # optimiser steps taken so far
+        if step % self.check_every == 0 or step == trainer.max_steps:
+            bad = int(module.first_bad_step)
+            if bad >= 0:
+                raise TrainingDiverged(f"loss is not finite at step {bad}; stopped, and kept the last good "
+                                       f"checkpoint {self.path if self.path.exists() else '(none yet)'}")
+        if self.every and step % self.every == 0:
+            self.save(trainer)
+
+
+class TokensProgressBar(TQDMProgressBar):
+    """The default bar plus tokens/s, L0 and FVU (the last two refresh at each log step)."""
+
+    def __init__(self, batch_size: int, refresh_rate: int = 10):
+        super().__init__(refresh_rate=refresh_rate)
+        self.batch_size = batch_size
+        self._t0 = self._s0 = None
+
+    def on_train_start(self, trainer, module) -> None:
+        super().on_train_start(trainer, module)
+        self._t0, self._s0 = time.perf_counter(), trainer.global_step
+
+    def get_metrics(self, trainer, module):
+        m = super().get_metrics(trainer, module)
+        m.pop("v_num", None)
+        if self._t0 is not None:
+            dt = time.perf_counter() - self._t0
+            if dt > 0:
+                m["tok/s"] = f"{(trainer.global_step - self._s0) * self.batch_size / dt:,.0f}"
+        return m

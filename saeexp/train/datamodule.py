@@ -1,0 +1,38 @@
+"""A thin LightningDataModule over an `ActivationSource`, resumable at the exact batch."""
+from __future__ import annotations
+
+import lightning as L
+from torch.utils.data import DataLoader, IterableDataset
+
+from saeexp.data.base import ActivationSource
+
+
+class _Stream(IterableDataset):
+    def __init__(self, source: ActivationSource, batch_size: int, seed: int, start: int):
+        self.source, self.batch_size, self.seed, self.start = source, batch_size, seed, start
+
+    def __iter__(self):
+        return self.source.batches(self.batch_size, self.seed, self.start)
+
+
+class ActivationDataModule(L.LightningDataModule):
+    """Serves the source's training stream; its checkpointed state is the number of batches consumed."""
+
+    def __init__(self, source: ActivationSource, batch_size: int, seed: int):
+        super().__init__()
+        self.source, self.batch_size, self.seed = source, batch_size, seed
+        self.start = 0
+
+    def prepare_data(self) -> None:
+        self.source.prepare()
+
+    def train_dataloader(self) -> DataLoader:
+        # batches are made whole by the source; no workers: contiguous reads outrun the step by far
+        return DataLoader(_Stream(self.source, self.batch_size, self.seed, self.start), batch_size=None)
+
+    def state_dict(self) -> dict:
+        # one batch per optimiser step, so the stream position is the global step
+        return {"batches_consumed": self.trainer.global_step if self.trainer else self.start}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.start = int(state["batches_consumed"])

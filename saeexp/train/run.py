@@ -1,0 +1,114 @@
+"""`train(cfg)`: a plain function from a composed config to a trained, evaluated and saved SAE."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from saeexp.errors import ConfigError, TrainingDiverged
+from saeexp.io import save_sae
+from saeexp.report import score, summary, write_report
+from saeexp.train import init
+from saeexp.train.callbacks import RunCheckpoint, TokensProgressBar
+from saeexp.train.datamodule import ActivationDataModule
+from saeexp.train.module import SAEModule
+
+
+def _positive(name: str, value, minimum=1) -> int:
+    if not isinstance(value, (int, float)) or value < minimum:
+        raise ConfigError(f"{name}={value!r}: expected a number >= {minimum}")
+    return int(value)
+
+
+def build(cfg: DictConfig, source=None):
+    """Instantiate data source, SAE and loss terms from the config; checks every combination first."""
+    t = cfg.train
+    batch_size = _positive("train.batch_size", t.batch_size)
+    steps = _positive("train.tokens", t.tokens) // batch_size
+    if steps < 1:
+        raise ConfigError(f"train.tokens={t.tokens}: fewer than one batch of train.batch_size={batch_size}")
+    source = source or instantiate(cfg.data)
+    sae = instantiate(cfg.model)
+    penalties = [instantiate(cfg.loss.sparsity)] if cfg.loss.get("sparsity") else []
+    penalties += [instantiate(v) for v in (cfg.get("extra_losses") or {}).values() if v is not None]
+    for term in penalties:
+        term.validate(sae)
+    if getattr(sae, "needs_sparsity_penalty", False) and not any(p.is_sparsity for p in penalties):
+        raise ConfigError(f"model={type(sae).__name__} with no sparsity penalty: it would learn no sparsity; "
+                          "pick loss=l1 (or another penalty)")
+    resampler = instantiate(cfg.resampler) if cfg.get("resampler") and cfg.resampler.get("_target_") else None
+    return source, sae, penalties, resampler, batch_size, steps
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train (or resume, or return the finished result of) the run in `cfg.paths.run_dir`."""
+    run_dir = Path(cfg.paths.run_dir)
+    metrics_path = run_dir / "metrics.json"
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if cfg.overwrite:
+        for p in (metrics_path, ckpt, run_dir / "sae", run_dir / "mlflow_run_id"):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    elif metrics_path.exists():
+        result = json.loads(metrics_path.read_text())
+        print(f"saeexp: run already finished in {run_dir} (overwrite=true to train again)\n  {summary(result)}")
+        return result
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    torch.set_float32_matmul_precision(cfg.train.matmul_precision)
+    source, sae, penalties, resampler, batch_size, steps = build(cfg)
+    source.prepare()
+    tok = lambda n: int(n) // batch_size  # noqa: E731 - token counts to steps
+
+    # input scale and b_dec from a training sample (deterministic, so a resume recomputes the same)
+    sample = source.sample(cfg.train.init_sample_tokens, seed=cfg.seed)
+    scale = init.input_scale(sample) if cfg.train.scale_inputs else 1.0
+    with torch.no_grad():
+        sae.b_dec.copy_(init.b_dec_init(cfg.train.b_dec_init, sample * scale))
+
+    module = SAEModule(
+        sae, penalties, instantiate(cfg.optimizer), total_steps=steps, input_scale=scale,
+        lr_warmup_steps=tok(cfg.train.lr_warmup_tokens), lr_decay_steps=tok(cfg.train.lr_decay_tokens),
+        sparsity_warmup_steps=tok(cfg.train.sparsity_warmup_tokens), log_every=cfg.train.log_every,
+        dead_window_tokens=cfg.train.dead_window_tokens, resampler=resampler)
+    dm = ActivationDataModule(source, batch_size, cfg.seed)
+
+    from saeexp.tracking import log_config, make_logger
+
+    logger = make_logger(cfg, run_dir)
+    log_config(logger, cfg, run_dir)
+    saver = RunCheckpoint(ckpt, cfg.train.checkpoint_every, cfg.train.log_every)
+    callbacks = [saver, TokensProgressBar(batch_size)] + [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    trainer: L.Trainer = instantiate(cfg.trainer, max_steps=steps, logger=logger, callbacks=callbacks,
+                                     default_root_dir=str(run_dir), enable_checkpointing=False)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt.exists() else None)
+        if trainer.interrupted:  # e.g. preempted: the checkpoint is saved; the requeued job resumes
+            return {"interrupted": True, "step": trainer.global_step}
+        saver.save(trainer)
+    except TrainingDiverged as e:
+        logger.experiment.set_tag(logger.run_id, "failure_reason", str(e))
+        logger.finalize("failed")
+        raise
+
+    scalars, arrays = score(sae, source, scale)
+    scalars.update({"steps": steps, "tokens": steps * batch_size, "input_scale": scale})
+    # the saved SAE takes raw activations: fold the scale into a copy of the weights
+    import copy
+
+    raw = copy.deepcopy(sae).cpu()
+    raw.fold_input_scale(scale)
+    save_sae(raw, run_dir / "sae", OmegaConf.to_container(cfg.model, resolve=True),
+             {"input_scale": scale, "d_in": sae.d_in, "d_sae": sae.d_sae,
+              "data": OmegaConf.to_container(cfg.data, resolve=True), "run_dir": str(run_dir)})
+    result = write_report(scalars, arrays, run_dir, logger)
+    logger.experiment.log_artifacts(logger.run_id, str(run_dir / "sae"), "sae")
+    logger.finalize("success")
+    print(f"saeexp: finished {steps} steps ({steps * batch_size:,} tokens) in {run_dir}\n  {summary(result)}\n"
+          f"  MLflow: experiment '{cfg.logger.experiment}', run {logger.run_id} at {cfg.logger.tracking_uri}\n"
+          f"  SAE: {run_dir / 'sae'}  (saeexp.load_sae(path))")
+    return result
