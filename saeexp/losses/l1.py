@@ -18,7 +18,8 @@ class L1(LossTerm):
 
     def forward(self, x_BD: Tensor, out, sae) -> Tensor:
         # sum of all activations / tokens: no batch x width temporary beyond what autograd needs
-        return self.coef * out.acts_BF.sum() / out.acts_BF.shape[0]
+        acts_BF = sae.sparsity_acts(out)
+        return self.coef * acts_BF.sum() / acts_BF.shape[0]
 
 
 class L1DecoderNorm(L1):
@@ -34,4 +35,4 @@ class L1DecoderNorm(L1):
 
     def forward(self, x_BD: Tensor, out, sae) -> Tensor:
         # acts >= 0, so the weighted L1 is a matrix-vector product (no [B, F] product tensor)
-        return self.coef * (out.acts_BF @ sae.decoder_norms()).mean()
+        return self.coef * (sae.sparsity_acts(out) @ sae.penalty_decoder_norms()).mean()

@@ -94,6 +94,15 @@ class SAE(nn.Module):
     def decoder_norms(self) -> Tensor:
         return self.W_dec.norm(dim=1)
 
+    # --- what a sparsity penalty sees (gated SAEs penalise the gate, not f) -------------------------
+    def sparsity_acts(self, out: SAEOutput) -> Tensor:
+        """The non-negative activations an L1 penalty is on; f(x) unless a variant says otherwise."""
+        return out.acts_BF
+
+    def penalty_decoder_norms(self) -> Tensor:
+        """Decoder norms weighting a decoder-norm L1 penalty; a variant may detach them."""
+        return self.decoder_norms()
+
     @torch.no_grad()
     def remove_parallel_grad(self) -> None:
         """Drop the gradient component parallel to each (unit) decoder row, before the optimiser step."""
