@@ -88,7 +88,9 @@ class SAEModule(L.LightningModule):
         if self.sae.unit_norm:
             self.sae.remove_parallel_grad()
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        # right after the step, before any callback (a checkpoint must see renormalised rows)
+        super().optimizer_step(*args, **kwargs)
         if self.sae.unit_norm:
             self.sae.normalize_decoder()
         if self.resampler is not None:

@@ -1,0 +1,63 @@
+"""Shared fixtures: every test writes runs, caches and MLflow stores under its own temp dirs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """Nothing lands in the repo or the user's home: runs, caches and MLflow all under tmp_path."""
+    monkeypatch.setenv("SAEEXP_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("SAEEXP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    yield
+
+
+def compose_cfg(overrides=(), config_name="config", run_dir=None):
+    """Compose the real config tree (with Hydra's runtime fields filled) the way the CLI would."""
+    from omegaconf import OmegaConf, open_dict
+
+    import saeexp.cli  # noqa: F401  (registers the run_name resolver)
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+        if run_dir is not None:
+            cfg.paths.run_dir = str(run_dir)
+    OmegaConf.resolve(cfg)  # freeze ${hydra:...} while HydraConfig is set
+    return cfg
+
+
+@pytest.fixture
+def compose_config():
+    return compose_cfg
+
+
+class SimulatedCrash(RuntimeError):
+    pass
+
+
+class InterruptAt:
+    """A Lightning callback that crashes training after `step` optimiser steps (as a kill would)."""
+
+    def __new__(cls, step: int):
+        from lightning.pytorch.callbacks import Callback
+
+        class _Interrupt(Callback):
+            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+                if trainer.global_step == step:
+                    raise SimulatedCrash(f"crashed at step {step}")
+
+        return _Interrupt()
