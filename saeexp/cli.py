@@ -42,9 +42,14 @@ def _train_main(cfg: DictConfig):
     from saeexp.train.run import train
 
     try:
-        return train(cfg)
+        result = train(cfg)
     except (ConfigError, TrainingDiverged) as e:
-        _fail(e)
+        return _fail(e)
+    if result.get("interrupted"):  # preempted under submitit: requeue now (exits); no-op otherwise
+        from saeexp.sweep.preemption import requeue_if_preempted
+
+        requeue_if_preempted()
+    return result
 
 
 @hydra.main(config_path=CONF_DIR, config_name="eval", version_base="1.3")

@@ -25,13 +25,59 @@ def make_logger(cfg: DictConfig, run_dir: Path):
     id_file = run_dir / "mlflow_run_id"
     run_id = id_file.read_text().strip() if id_file.exists() else None
     logger = MLFlowLogger(experiment_name=cfg.logger.experiment, tracking_uri=cfg.logger.tracking_uri,
-                          run_name=cfg.logger.run_name, run_id=run_id, tags=dict(cfg.logger.tags or {}))
-    if run_id is None:
+                          run_name=cfg.logger.run_name, run_id=run_id,
+                          tags={**run_tags(cfg), **dict(cfg.logger.tags or {})})
+    if run_id is not None:  # resumed (e.g. a requeued SLURM job): the same run, running again
+        logger.experiment.update_run(run_id, status="RUNNING")
+        if os.environ.get("SLURM_JOB_ID"):
+            logger.experiment.set_tag(run_id, "slurm_job_id", slurm_job_id())
+    else:
         from saeexp.io import atomic_write_text
 
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(id_file, logger.run_id)
     return logger
+
+
+def slurm_job_id() -> str:
+    """`<array job>_<task>` for an array task (what `sacct -j` takes), else the job id."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID", "")
+
+
+def git_commit() -> str:
+    """The commit of the saeexp checkout this runs from (`+dirty` with local changes), or 'unknown'."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return os.environ.get("SAEEXP_GIT_COMMIT", "unknown")
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return os.environ.get("SAEEXP_GIT_COMMIT", "unknown")
+
+
+def run_tags(cfg: DictConfig) -> dict[str, str]:
+    """Tags that let a sweep's runs be grouped and plotted: sweep, variant, coefficient, width, seed, commit."""
+    from omegaconf import OmegaConf
+
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        variant = HydraConfig.get().runtime.choices.get("model")
+    except ValueError:  # no Hydra (train called directly): the model class
+        variant = None
+    variant = variant or str(cfg.model.get("_target_", "?")).rsplit(".", 1)[-1]
+    coef = OmegaConf.select(cfg, "loss.sparsity.coef", default=None)
+    tags = {"sweep": str(cfg.experiment), "variant": str(variant), "width": str(cfg.model.get("d_sae")),
+            "coefficient": str(coef), "seed": str(cfg.seed), "git_commit": git_commit()}
+    if os.environ.get("SLURM_JOB_ID"):
+        tags["slurm_job_id"] = slurm_job_id()
+    return tags
 
 
 def log_config(logger, cfg: DictConfig, run_dir: Path) -> None:

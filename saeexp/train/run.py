@@ -87,11 +87,14 @@ def train(cfg: DictConfig) -> dict:
                                      default_root_dir=str(run_dir), enable_checkpointing=False)
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt.exists() else None)
-        if trainer.interrupted:  # e.g. preempted: the checkpoint is saved; the requeued job resumes
+        # interrupted, or stopped early by a callback (preempted: saeexp.sweep.preemption): the checkpoint is
+        # saved; the requeued job resumes
+        if trainer.interrupted or trainer.global_step < steps:
             return {"interrupted": True, "step": trainer.global_step}
         saver.save(trainer)
-    except TrainingDiverged as e:
-        logger.experiment.set_tag(logger.run_id, "failure_reason", str(e))
+    except Exception as e:  # any failure: the MLflow run says why (a SIGKILLed job cannot: saeexp-pareto reconciles)
+        reason = str(e) if isinstance(e, (TrainingDiverged, ConfigError)) else f"{type(e).__name__}: {e}"
+        logger.experiment.set_tag(logger.run_id, "failure_reason", reason[:5000])
         logger.finalize("failed")
         raise
 

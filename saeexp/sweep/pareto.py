@@ -1,0 +1,108 @@
+"""`saeexp-pareto EXPERIMENT`: reconcile with SLURM, then each variant's Pareto frontier as a table, PNG and HTML.
+
+The plots are logged to MLflow in a run named `pareto` of the same experiment (tag `saeexp.kind=pareto`), so
+everyone who opens the experiment sees the curves. Works on the default SQLite store and on a server URI.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from saeexp.sweep.frontier import CE, FVU, L0, aggregate, mark_frontiers, table
+
+KIND_TAG = "saeexp.kind"
+
+
+def default_tracking_uri() -> str:
+    """The same default as `conf/logger/mlflow.yaml`: MLFLOW_TRACKING_URI, else runs/mlflow.db."""
+    runs = os.environ.get("SAEEXP_RUNS") or str(Path.cwd() / "runs")
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{runs}/mlflow.db"
+
+
+def read_runs(client, experiment_id: str) -> tuple[list[dict], dict[str, int]]:
+    """Finished training runs with final L0 and FVU, as aggregate() takes them; and counts by status."""
+    runs, counts = [], {}
+    for r in client.search_runs([experiment_id], max_results=10000):
+        if r.data.tags.get(KIND_TAG) == "pareto":
+            continue
+        counts[r.info.status] = counts.get(r.info.status, 0) + 1
+        m = r.data.metrics
+        if r.info.status != "FINISHED" or L0 not in m or FVU not in m:
+            continue
+        t = r.data.tags
+        runs.append({"run_id": r.info.run_id, "variant": t.get("variant", "?"), "coefficient": t.get("coefficient", "?"),
+                     "width": t.get("width", "?"), "metrics": {k: v for k, v in m.items() if k.startswith("final/")}})
+    return runs, counts
+
+
+def report(experiment: str, tracking_uri: str, out_dir: Path, do_reconcile: bool = True, log: bool = True) -> dict:
+    """Everything `saeexp-pareto` does, returned as a dict (for tests and scripts)."""
+    from mlflow.tracking import MlflowClient
+
+    from saeexp.sweep import plots
+    from saeexp.sweep.reconcile import reconcile
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise SystemExit(f"saeexp-pareto: no MLflow experiment {experiment!r} at {tracking_uri}")
+    marked = reconcile(client, exp.experiment_id) if do_reconcile else []
+    runs, counts = read_runs(client, exp.experiment_id)
+    points = aggregate(runs)
+    by_variant = mark_frontiers(points)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = {"experiment": experiment, "status_counts": counts, "marked_failed": marked, "points": [
+        {"variant": p.variant, "coefficient": p.coefficient, "width": p.width, "seeds": p.n, "mean": p.mean,
+         "sd": p.sd, "frontier": p.frontier, "run_ids": p.run_ids} for p in points], "table": table(points)}
+    if points:
+        title = f"Pareto frontiers: {experiment} ({len(runs)} runs)"
+        result["png"] = str(plots.png(by_variant, out_dir / "pareto.png", title))
+        result["html"] = str(plots.interactive_html(by_variant, out_dir / "pareto.html", title))
+    (out_dir / "pareto.json").write_text(json.dumps({k: v for k, v in result.items() if k != "table"}, indent=2))
+    (out_dir / "pareto.txt").write_text(result["table"] + "\n")
+    if log and points:
+        result["pareto_run_id"] = _log(client, exp.experiment_id, out_dir, points)
+    return result
+
+
+def _log(client, experiment_id: str, out_dir: Path, points) -> str:
+    """Log the plots to the experiment's `pareto` run (one per experiment, updated on each report)."""
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'pareto'", max_results=1)
+    run_id = found[0].info.run_id if found else client.create_run(
+        experiment_id, run_name="pareto", tags={KIND_TAG: "pareto"}).info.run_id
+    for name in ("pareto.png", "pareto.html", "pareto.json", "pareto.txt"):
+        if (out_dir / name).exists():
+            client.log_artifact(run_id, str(out_dir / name))
+    front = sum(1 for p in points if p.frontier.get(FVU))
+    client.log_metric(run_id, "frontier_points", front)
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="saeexp-pareto", description=__doc__.splitlines()[0])
+    ap.add_argument("experiment", help="MLflow experiment (the sweep's `experiment=` name)")
+    ap.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else runs/mlflow.db")
+    ap.add_argument("--out", default=None, help="where to write pareto.{png,html,json,txt} (default: runs/<exp>/)")
+    ap.add_argument("--no-reconcile", action="store_true", help="do not match open runs against sacct")
+    ap.add_argument("--no-log", action="store_true", help="do not log the plots to MLflow")
+    a = ap.parse_args(argv)
+    uri = a.tracking_uri or default_tracking_uri()
+    out = Path(a.out) if a.out else Path(os.environ.get("SAEEXP_RUNS") or "runs") / a.experiment
+    r = report(a.experiment, uri, out, do_reconcile=not a.no_reconcile, log=not a.no_log)
+    for run_id, reason in r["marked_failed"]:
+        print(f"marked FAILED: run {run_id}: {reason}")
+    print(f"experiment {a.experiment!r} at {uri}: runs by status {r['status_counts']}")
+    print(r["table"])
+    if "png" in r:
+        print(f"plots: {r['png']}  {r['html']}" + (f"  (logged to MLflow run {r['pareto_run_id']})"
+                                                    if "pareto_run_id" in r else ""))
+    else:
+        print("no finished runs with final/l0 and final/fvu yet", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""The Pareto plots a sweep report logs: a PNG, and a self-contained interactive HTML (no network, no JS library)."""
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+
+from saeexp.sweep.frontier import CE, FVU, L0, Point
+
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
+PANELS = [(FVU, "FVU (lower is better)"), (CE, "CE loss recovered (higher is better)")]
+
+
+def _panels(points):
+    return [(y, label) for y, label in PANELS if any(y in p.mean and L0 in p.mean for p in points)]
+
+
+def png(by_variant: dict[str, list[Point]], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [p for ps in by_variant.values() for p in ps]
+    panels = _panels(points)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, (y, label) in zip(axes[0], panels):
+        for i, (variant, ps) in enumerate(sorted(by_variant.items())):
+            ps = sorted((p for p in ps if y in p.mean and L0 in p.mean), key=lambda p: p.mean[L0])
+            if not ps:
+                continue
+            c = COLORS[i % len(COLORS)]
+            ax.errorbar([p.mean[L0] for p in ps], [p.mean[y] for p in ps], xerr=[p.sd[L0] for p in ps],
+                        yerr=[p.sd[y] for p in ps], fmt="o", color=c, alpha=0.45, ms=4, capsize=2)
+            front = [p for p in ps if p.frontier.get(y)]
+            ax.plot([p.mean[L0] for p in front], [p.mean[y] for p in front], "-o", color=c, ms=5, label=variant)
+        ax.set_xscale("log")
+        ax.set_xlabel("L0 (active features per token)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(title="variant (line: frontier)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _svg_panel(by_variant, y, label, w=560, h=400, pad=60) -> str:
+    pts = [p for ps in by_variant.values() for p in ps if y in p.mean and L0 in p.mean]
+    xs = [math.log10(max(p.mean[L0], 1e-6)) for p in pts]
+    ys = [p.mean[y] for p in pts]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(p.mean[y] - p.sd[y] for p in pts), max(p.mean[y] + p.sd[y] for p in pts)
+    x0, x1 = (x0 - 0.05, x1 + 0.05) if x1 - x0 < 1e-9 else (x0 - 0.05 * (x1 - x0), x1 + 0.05 * (x1 - x0))
+    y0, y1 = (y0 - 0.05, y1 + 0.05) if y1 - y0 < 1e-12 else (y0 - 0.05 * (y1 - y0), y1 + 0.05 * (y1 - y0))
+    X = lambda v: pad + (math.log10(max(v, 1e-6)) - x0) / (x1 - x0) * (w - 2 * pad)  # noqa: E731
+    Y = lambda v: h - pad + (v - y0) / (y1 - y0) * (2 * pad - h)  # noqa: E731
+    out = [f'<svg width="{w}" height="{h}" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="12">',
+           f'<rect x="{pad}" y="{pad}" width="{w - 2 * pad}" height="{h - 2 * pad}" fill="none" stroke="#999"/>',
+           f'<text x="{w / 2}" y="{h - 15}" text-anchor="middle">L0 (log scale)</text>',
+           f'<text x="15" y="{h / 2}" text-anchor="middle" transform="rotate(-90 15 {h / 2})">{html.escape(label)}</text>']
+    for k in range(5):  # axis ticks
+        lx, ly = x0 + k * (x1 - x0) / 4, y0 + k * (y1 - y0) / 4
+        out.append(f'<text x="{X(10 ** lx):.1f}" y="{h - pad + 15}" text-anchor="middle">{10 ** lx:.3g}</text>')
+        out.append(f'<text x="{pad - 5}" y="{Y(ly) + 4:.1f}" text-anchor="end">{ly:.3g}</text>')
+    for i, (variant, ps) in enumerate(sorted(by_variant.items())):
+        c = COLORS[i % len(COLORS)]
+        ps = sorted((p for p in ps if y in p.mean and L0 in p.mean), key=lambda p: p.mean[L0])
+        g = [f'<g class="v" data-variant="{html.escape(variant)}">']
+        front = [p for p in ps if p.frontier.get(y)]
+        if len(front) > 1:
+            g.append(f'<polyline fill="none" stroke="{c}" stroke-width="2" points="'
+                     + " ".join(f"{X(p.mean[L0]):.1f},{Y(p.mean[y]):.1f}" for p in front) + '"/>')
+        for p in ps:
+            cx, cy = X(p.mean[L0]), Y(p.mean[y])
+            if p.sd[y] > 0:
+                g.append(f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{Y(p.mean[y] - p.sd[y]):.1f}" '
+                         f'y2="{Y(p.mean[y] + p.sd[y]):.1f}" stroke="{c}"/>')
+            tip = (f"{variant} coef={p.coefficient} width={p.width} seeds={p.n}\nL0={p.mean[L0]:.3g}±{p.sd[L0]:.2g} "
+                   f"{y}={p.mean[y]:.4g}±{p.sd[y]:.2g}" + (" (frontier)" if p.frontier.get(y) else ""))
+            g.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{6 if p.frontier.get(y) else 4}" fill="{c}" '
+                     f'fill-opacity="{1 if p.frontier.get(y) else 0.4}"><title>{html.escape(tip)}</title></circle>')
+        out += g + ["</g>"]
+    return "\n".join(out + ["</svg>"])
+
+
+def interactive_html(by_variant: dict[str, list[Point]], path: Path, title: str) -> Path:
+    """Hover a point for its cell and metrics; tick a variant in the legend to show or hide it."""
+    points = [p for ps in by_variant.values() for p in ps]
+    legend = "".join(f'<label style="color:{COLORS[i % len(COLORS)]};margin-right:1em"><input type="checkbox" checked '
+                     f'data-variant="{html.escape(v)}"> {html.escape(v)}</label>'
+                     for i, v in enumerate(sorted(by_variant)))
+    panels = "".join(_svg_panel(by_variant, y, label) for y, label in _panels(points))
+    data = json.dumps([{"variant": p.variant, "coefficient": p.coefficient, "width": p.width, "seeds": p.n,
+                        "mean": p.mean, "sd": p.sd, "frontier": p.frontier, "run_ids": p.run_ids} for p in points]).replace("</", "<\\/")
+    script = ("document.querySelectorAll('input[data-variant]').forEach(b => b.addEventListener('change', () => "
+              "document.querySelectorAll('g.v').forEach(g => { if (g.dataset.variant === b.dataset.variant) "
+              "g.style.display = b.checked ? '' : 'none'; })));")
+    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
+                    f"<body style='font-family:sans-serif'><h3>{html.escape(title)}</h3><div>{legend}</div>"
+                    f"<div>{panels}</div><p>Large dots joined by a line: each variant's frontier (means over seeds; "
+                    f"bars: one standard deviation).</p><script id='points' type='application/json'>{data}</script>"
+                    f"<script>{script}</script></body></html>")
+    return path
