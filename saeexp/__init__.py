@@ -10,4 +10,11 @@ def load_sae(path, device="cpu"):
     return _load(path, device)
 
 
-__all__ = ["load_sae", "__version__"]
+def splice(model, sae, hook, mask=None):
+    """Context manager: `model` (a transformer_lens bridge) runs with `sae`'s reconstruction at `hook`."""
+    from saeexp.lm.splice import splice as _splice
+
+    return _splice(model, sae, hook, mask)
+
+
+__all__ = ["load_sae", "splice", "__version__"]
