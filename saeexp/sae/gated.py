@@ -1,0 +1,112 @@
+"""Gated SAE (Rajamanoharan et al. 2024, arXiv 2404.16014): a gate decides which features fire, a weight-shared
+magnitude path decides how much.
+
+    pi    = (x - b_dec) @ W_gate + b_gate                       f_gate = 1[pi > 0]
+    f_mag = ReLU((x - b_dec) @ W_mag + b_mag),  W_mag = W_gate * exp(r_mag)  (per feature)
+    f     = f_gate * f_mag
+Loss: recon(f) + lambda * sparsity(ReLU(pi)) + aux_recon * recon of x from ReLU(pi) through a stop-gradient
+decoder (W_dec, b_dec fixed). Since W_mag shares W_gate, both paths come from one product Q = (x - b_dec) @ W_gate.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from saeexp.errors import ConfigError
+from saeexp.sae.base import SAE, SAEOutput
+
+# with a decoder-norm-weighted penalty (free decoder norms), reference 002: the decoder must be frozen in both
+# places or trained in both, never one without the other
+FREE_DECODER = ("frozen_in_penalty", "unfrozen_in_aux")
+
+
+class _GatedAct(torch.autograd.Function):
+    """From Q = (x - b_dec) @ W_gate: pi, f = 1[pi > 0] * ReLU(exp(r) Q + b_mag) and ReLU(pi), in one Function.
+
+    The gate has no gradient through f (the Heaviside); it learns from ReLU(pi) (penalty, auxiliary loss).
+    """
+
+    @staticmethod
+    def forward(ctx, Q_BF: Tensor, b_gate_F: Tensor, r_mag_F: Tensor, b_mag_F: Tensor):
+        scale_F = r_mag_F.exp()
+        pi_BF = Q_BF + b_gate_F
+        f_BF = torch.addcmul(b_mag_F, Q_BF, scale_F).relu_().mul_(pi_BF > 0)
+        gate_BF = torch.relu(pi_BF)
+        ctx.save_for_backward(Q_BF, scale_F, f_BF, gate_BF)
+        ctx.mark_non_differentiable(pi_BF)
+        return f_BF, gate_BF, pi_BF
+
+    @staticmethod
+    def backward(ctx, g_f, g_gate, _g_pi):
+        Q_BF, scale_F, f_BF, gate_BF = ctx.saved_tensors
+        g_mag = torch.ops.aten.threshold_backward(g_f, f_BF, 0) if g_f is not None else None
+        g_pi = torch.ops.aten.threshold_backward(g_gate, gate_BF, 0) if g_gate is not None else None
+        if g_mag is None:
+            return g_pi, g_pi.sum(0), None, None
+        g_r = (g_mag * Q_BF).sum(0) * scale_F
+        g_Q = g_mag * scale_F if g_pi is None else torch.addcmul(g_pi, g_mag, scale_F)
+        return g_Q, None if g_pi is None else g_pi.sum(0), g_r, g_mag.sum(0)
+
+
+class GatedSAE(SAE):
+    """Gated SAE. Parameters: W_gate [D, F] (the shared encoder, in place of W_enc), b_gate [F], r_mag [F],
+    b_mag [F], W_dec [F, D], b_dec [D].
+
+    `out.acts_BF` is f, `out.pre_BF` the gate pre-activation pi, `extras["gate_acts_BF"]` ReLU(pi) (what
+    an L1 penalty is on), `out.aux_losses["aux_recon"]` the auxiliary reconstruction.
+    `free_decoder` (decoder_norm=free with loss=l1_decoder_norm, reference 002): "frozen_in_penalty"
+    (default: the penalty's decoder norms are detached and the auxiliary term never moves the decoder, as in
+    the paper's L1 loss) or "unfrozen_in_aux" (the auxiliary term trains W_dec and the penalty its norms).
+    """
+
+    encoder_weights = ("W_gate",)
+
+    def __init__(self, d_in: int, d_sae: int, decoder_norm: str = "unit", init_dec_norm: float = 1.0,
+                 enc_from_dec: bool = True, seed: int = 0, aux_recon: float = 1.0,
+                 free_decoder: str = "frozen_in_penalty"):
+        super().__init__(d_in, d_sae, decoder_norm, init_dec_norm, enc_from_dec, seed)
+        if free_decoder not in FREE_DECODER:
+            raise ConfigError(f"model.free_decoder={free_decoder!r}: expected one of {FREE_DECODER}")
+        if free_decoder == "unfrozen_in_aux" and decoder_norm != "free":
+            raise ConfigError("model.free_decoder=unfrozen_in_aux needs model.decoder_norm=free "
+                              "(loss=l1_decoder_norm); with a unit-norm decoder the paper freezes it")
+        if not aux_recon >= 0:
+            raise ConfigError(f"model.aux_recon={aux_recon!r}: expected a number >= 0")
+        self.aux_recon, self.free_decoder = float(aux_recon), free_decoder
+        W_gate, b_gate = self.W_enc.data, self.b_enc.data
+        del self.W_enc, self.b_enc  # named as in the paper
+        self.W_gate, self.b_gate = nn.Parameter(W_gate), nn.Parameter(b_gate)
+        self.r_mag = nn.Parameter(torch.zeros(d_sae))
+        self.b_mag = nn.Parameter(torch.zeros(d_sae))
+
+    def _shared_pre(self, x_BD: Tensor) -> Tensor:
+        # Q = (x - b_dec) @ W_gate, with no product for the gradient of x (see SAE.encode_pre)
+        return torch.addmm(-(self.b_dec @ self.W_gate), x_BD, self.W_gate)
+
+    def _gated(self, x_BD: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return _GatedAct.apply(self._shared_pre(x_BD), self.b_gate, self.r_mag, self.b_mag)
+
+    def encode_pre(self, x_BD: Tensor) -> Tensor:
+        """Gate pre-activations pi (a feature fires when pi > 0)."""
+        return self._shared_pre(x_BD) + self.b_gate
+
+    def encode(self, x_BD: Tensor) -> Tensor:
+        return self._gated(x_BD)[0]
+
+    def forward(self, x_BD: Tensor) -> SAEOutput:
+        f_BF, gate_BF, pi_BF = self._gated(x_BD)
+        out = SAEOutput(self.decode(f_BF), f_BF, pi_BF, extras={"gate_acts_BF": gate_BF})
+        if self.training and self.aux_recon > 0:
+            unfrozen = self.free_decoder == "unfrozen_in_aux"
+            W_dec = self.W_dec if unfrozen else self.W_dec.detach()
+            b_dec = self.b_dec if unfrozen else self.b_dec.detach()
+            out.aux_losses["aux_recon"] = self.aux_recon * F.mse_loss(torch.addmm(b_dec, gate_BF, W_dec), x_BD)
+        return out
+
+    def sparsity_acts(self, out: SAEOutput) -> Tensor:
+        return out.extras["gate_acts_BF"]
+
+    def penalty_decoder_norms(self) -> Tensor:
+        norms_F = self.decoder_norms()
+        return norms_F if self.free_decoder == "unfrozen_in_aux" else norms_F.detach()

@@ -1,0 +1,118 @@
+"""JumpReLU SAE (Rajamanoharan et al. 2024, arXiv 2407.14435): f = z * H(z - theta), theta > 0 per feature.
+
+The Heaviside step has no useful gradient, so the threshold learns through straight-through pseudo-derivatives
+with a kernel K of bandwidth epsilon (paper, section 4):
+    d f / d theta = -(theta / eps) K((z - theta) / eps)      d f / d z = H(z - theta)
+    d H / d theta = -(1 / eps) K((z - theta) / eps)           d H / d z = 0
+so an L0 penalty (`saeexp.losses.L0`, reading `extras["l0_B"]`) trains only theta.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from saeexp.errors import ConfigError
+from saeexp.sae.base import SAE, SAEOutput
+
+# kernels on u = (z - theta) / eps: value and half-width of the support (both integrate to 1)
+KERNELS = {
+    "rectangle": (lambda u: torch.ones_like(u), 0.5),
+    "triangle": (lambda u: 1.0 - u.abs(), 1.0),
+}
+THRESHOLD_PARAMS = ("raw", "log")
+
+
+class _JumpReLU(torch.autograd.Function):
+    """f = z * H(z - theta) and the per-token count sum_i H(z_i - theta_i), with the paper's pseudo-derivatives.
+
+    One Function so that forward is a compare and a multiply, and backward one masked multiply for z plus a
+    sparse pass for theta: only entries with z within the kernel's support of theta contribute (rare), so
+    they are found once and gathered instead of forming [B, F] products.
+    """
+
+    @staticmethod
+    def forward(ctx, z_BF: Tensor, theta_F: Tensor, eps: float, kernel: str):
+        on_BF = (z_BF if z_BF.dtype == torch.float32 else z_BF.float()) > theta_F
+        f_BF = z_BF * on_BF
+        l0_B = on_BF.sum(1, dtype=torch.float32)
+        ctx.save_for_backward(z_BF, theta_F, on_BF)
+        ctx.eps, ctx.kernel = eps, kernel
+        return f_BF, l0_B
+
+    @staticmethod
+    def backward(ctx, g_f_BF: Tensor | None, g_l0_B: Tensor | None):
+        z_BF, theta_F, on_BF = ctx.saved_tensors
+        eps = ctx.eps
+        g_z = g_f_BF * on_BF if (g_f_BF is not None and ctx.needs_input_grad[0]) else None
+        g_theta = None
+        if ctx.needs_input_grad[1]:
+            k_fn, half = KERNELS[ctx.kernel]
+            # z - theta in fp32 (bf16 would round the band away), then the few entries inside the support
+            d_BF = z_BF.float() - theta_F
+            b_idx, f_idx = (d_BF.abs_() < half * eps).nonzero(as_tuple=True)
+            u_N = (z_BF[b_idx, f_idx].float() - theta_F[f_idx]) / eps
+            k_N = k_fn(u_N)
+            per_N = torch.zeros_like(k_N)
+            if g_f_BF is not None:  # d f / d theta
+                per_N += theta_F[f_idx] * g_f_BF[b_idx, f_idx].float()
+            if g_l0_B is not None:  # d H / d theta
+                per_N += g_l0_B[b_idx].float()
+            g_theta = torch.zeros_like(theta_F).index_add_(0, f_idx, per_N * k_N).mul_(-1.0 / eps)
+        return g_z, g_theta, None, None
+
+
+class JumpReLUSAE(SAE):
+    """JumpReLU SAE. Parameters: W_enc [D, F], b_enc [F], W_dec [F, D], b_dec [D], and the threshold:
+    `threshold` [F] (theta itself, `threshold_param="raw"`) or `log_threshold` [F] (`"log"`), always fp32.
+
+    Defaults follow the paper rescaled to saeexp's inputs (E||x|| = sqrt(d_in) instead of E||x||^2 = 1, so
+    pre-activations are sqrt(d_in) times larger): bandwidth and initial threshold 0.001 * sqrt(d_in).
+    Raw theta is the default: under Adam a parameter moves about lr per step whatever its scale, so log(theta)
+    moves theta by a factor (1 +- lr) per step, far slower than the lr-sized absolute steps theta needs.
+    Raw theta is kept positive by a floor applied in forward with a straight-through gradient.
+    """
+
+    provides_l0 = True  # extras["l0_B"] carries the STE count that `loss=l0` penalises
+
+    def __init__(self, d_in: int, d_sae: int, decoder_norm: str = "unit", init_dec_norm: float = 1.0,
+                 enc_from_dec: bool = True, seed: int = 0, bandwidth: float | None = None,
+                 init_threshold: float | None = None, kernel: str = "rectangle", threshold_param: str = "raw",
+                 min_threshold: float = 1e-6):
+        super().__init__(d_in, d_sae, decoder_norm, init_dec_norm, enc_from_dec, seed)
+        if kernel not in KERNELS:
+            raise ConfigError(f"model.kernel={kernel!r}: expected one of {tuple(KERNELS)}")
+        if threshold_param not in THRESHOLD_PARAMS:
+            raise ConfigError(f"model.threshold_param={threshold_param!r}: expected one of {THRESHOLD_PARAMS}")
+        default = 1e-3 * math.sqrt(d_in)
+        self.bandwidth = float(bandwidth if bandwidth is not None else default)
+        init_threshold = float(init_threshold if init_threshold is not None else default)
+        if not self.bandwidth > 0 or not init_threshold > 0:
+            raise ConfigError(f"model.bandwidth={bandwidth!r}, model.init_threshold={init_threshold!r}: "
+                              "expected numbers > 0")
+        self.kernel, self.threshold_param, self.min_threshold = kernel, threshold_param, float(min_threshold)
+        theta_F = torch.full((d_sae,), init_threshold, dtype=torch.float32)
+        if threshold_param == "log":
+            self.log_threshold = nn.Parameter(theta_F.log())
+        else:
+            self.threshold = nn.Parameter(theta_F)
+
+    def theta(self) -> Tensor:
+        """The threshold in use, fp32 and > 0."""
+        if self.threshold_param == "log":
+            return self.log_threshold.float().exp()
+        raw = self.threshold.float()
+        # floor with a straight-through gradient: a raw value pushed below it can still come back
+        return raw + (raw.clamp_min(self.min_threshold) - raw).detach()
+
+    def _jump(self, pre_BF: Tensor) -> tuple[Tensor, Tensor]:
+        return _JumpReLU.apply(pre_BF, self.theta(), self.bandwidth, self.kernel)
+
+    def activation(self, pre_BF: Tensor) -> Tensor:
+        return self._jump(pre_BF)[0]
+
+    def forward(self, x_BD: Tensor) -> SAEOutput:
+        pre_BF = self.encode_pre(x_BD)
+        acts_BF, l0_B = self._jump(pre_BF)
+        return SAEOutput(self.decode(acts_BF), acts_BF, pre_BF, extras={"l0_B": l0_B})

@@ -1,0 +1,131 @@
+"""TopK SAE (Gao et al. 2024, arXiv 2406.04093): keep the k largest pre-activations of each token, then ReLU.
+
+Sparsity is structural (no penalty: `loss=none`). Dead latents are revived by AuxK: the residual
+e = x - x_hat (no gradient) is reconstructed, without b_dec, from the k_aux largest pre-activations among dead
+latents; the term is auxk * ||e - e_hat||^2 / ||e||^2 over the batch (Gao et al. use a normalised MSE, which
+makes the 1/32 coefficient independent of the residual's size), and zero when no latent is dead.
+
+Speed: only k of F activations are non-zero, so the decoder works on them alone (gathering k decoder rows
+per token: `embedding_bag`), and the encoder's backward scatters k columns per token instead of a dense
+product. Of the standard step's six products only the forward encoder product is left dense.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from saeexp.errors import ConfigError
+from saeexp.sae.base import SAE, SAEOutput
+
+
+def _scatter_rows_grad(idx_BK: Tensor, w_BK: Tensor, rows_BD: Tensor, n_rows: int) -> Tensor:
+    """G [n_rows, D] with G[idx[b, j]] += w[b, j] * rows[b]: the weight gradient of an embedding bag."""
+    table = torch.empty(n_rows, rows_BD.shape[1], dtype=rows_BD.dtype, requires_grad=True)
+    with torch.enable_grad():
+        y_BD = F.embedding_bag(idx_BK, table, per_sample_weights=w_BK, mode="sum")
+        (grad,) = torch.autograd.grad(y_BD, table, rows_BD)
+    return grad
+
+
+class _TopKEncode(torch.autograd.Function):
+    """z = x @ W_enc + b (dense), then the k largest per row, ReLU'd; backward only through the kept entries."""
+
+    @staticmethod
+    def forward(ctx, x_BD: Tensor, W_enc_DF: Tensor, b_F: Tensor, k: int):
+        z_BF = torch.addmm(b_F, x_BD, W_enc_DF)
+        vals_BK, idx_BK = z_BF.topk(k, dim=1, sorted=False)
+        vals_BK.relu_()
+        ctx.save_for_backward(x_BD, W_enc_DF, vals_BK, idx_BK)
+        ctx.mark_non_differentiable(idx_BK, z_BF)
+        return vals_BK, idx_BK, z_BF
+
+    @staticmethod
+    def backward(ctx, g_vals_BK: Tensor, _g_idx, _g_z):
+        x_BD, W_enc_DF, vals_BK, idx_BK = ctx.saved_tensors
+        g_BK = g_vals_BK * (vals_BK > 0)
+        F_ = W_enc_DF.shape[1]
+        g_x = g_W = g_b = None
+        if ctx.needs_input_grad[0]:
+            g_x = F.embedding_bag(idx_BK, W_enc_DF.t().contiguous(), per_sample_weights=g_BK, mode="sum")
+        if ctx.needs_input_grad[1]:
+            g_W = _scatter_rows_grad(idx_BK, g_BK, x_BD, F_).t()
+        if ctx.needs_input_grad[2]:
+            g_b = torch.zeros(F_, dtype=g_BK.dtype).index_add_(0, idx_BK.flatten(), g_BK.flatten())
+        return g_x, g_W, g_b, None
+
+
+class _SparseActsOutput(SAEOutput):
+    """SAEOutput whose dense acts_BF is built from the kept (index, value) pairs only when someone reads it."""
+
+    def __init__(self, x_hat_BD, idx_BK, vals_BK, pre_BF, aux_losses=None, extras=None):
+        self._dense, self._idx, self._vals = None, idx_BK, vals_BK
+        super().__init__(x_hat_BD, None, pre_BF, aux_losses or {}, {**(extras or {}),
+                                                                    "topk_idx_BK": idx_BK, "topk_vals_BK": vals_BK})
+
+    @property
+    def acts_BF(self) -> Tensor:
+        if self._dense is None:
+            self._dense = torch.zeros_like(self.pre_BF).scatter_(1, self._idx, self._vals.detach())
+        return self._dense
+
+    @acts_BF.setter
+    def acts_BF(self, value) -> None:
+        self._dense = value
+
+
+class TopKSAE(SAE):
+    """TopK SAE. Parameters as the standard SAE: W_enc [D, F], b_enc [F], W_dec [F, D], b_dec [D].
+
+    `out.acts_BF` is dense (built on first read, detached: no penalty applies); `extras["topk_idx_BK"]`,
+    `extras["topk_vals_BK"]` are the kept features. `out.aux_losses["auxk"]` is AuxK (training mode only).
+    """
+
+    accepts_penalty = False  # sparsity is structural: L1/L0 are refused
+    needs_sparsity_penalty = False
+
+    def __init__(self, d_in: int, d_sae: int, k: int = 32, decoder_norm: str = "unit", init_dec_norm: float = 1.0,
+                 enc_from_dec: bool = True, seed: int = 0, auxk: float = 1 / 32, k_aux: int | None = None,
+                 dead_window_tokens: int = 10_000_000):
+        super().__init__(d_in, d_sae, decoder_norm, init_dec_norm, enc_from_dec, seed)
+        if not isinstance(k, int) or not 1 <= k <= d_sae:
+            raise ConfigError(f"model.k={k!r}: expected an integer in [1, d_sae={d_sae}]")
+        k_aux = d_in // 2 if k_aux is None else k_aux
+        if not isinstance(k_aux, int) or k_aux < 1:
+            raise ConfigError(f"model.k_aux={k_aux!r}: expected an integer >= 1")
+        if not auxk >= 0:
+            raise ConfigError(f"model.auxk={auxk!r}: expected a number >= 0")
+        self.k, self.k_aux, self.auxk, self.dead_window_tokens = k, k_aux, float(auxk), int(dead_window_tokens)
+
+    def _b_eff(self) -> Tensor:
+        return self.b_enc - self.b_dec @ self.W_enc  # (x - b_dec) W + b = x W + (b - b_dec W)
+
+    def sparse_decode(self, idx_BK: Tensor, vals_BK: Tensor, bias: bool = True) -> Tensor:
+        """sum_j vals[b, j] * W_dec[idx[b, j]] (+ b_dec): the decoder on the kept features only."""
+        y_BD = F.embedding_bag(idx_BK, self.W_dec, per_sample_weights=vals_BK, mode="sum")
+        return y_BD + self.b_dec if bias else y_BD
+
+    def activation(self, pre_BF: Tensor) -> Tensor:
+        vals_BK, idx_BK = pre_BF.topk(self.k, dim=1, sorted=False)
+        return torch.zeros_like(pre_BF).scatter_(1, idx_BK, vals_BK.relu())
+
+    def forward(self, x_BD: Tensor) -> SAEOutput:
+        vals_BK, idx_BK, pre_BF = _TopKEncode.apply(x_BD, self.W_enc, self._b_eff(), self.k)
+        x_hat_BD = self.sparse_decode(idx_BK, vals_BK)
+        out = _SparseActsOutput(x_hat_BD, idx_BK, vals_BK, pre_BF)
+        if self.training and self.auxk > 0:
+            out.aux_losses["auxk"] = self.auxk * self.auxk_loss(x_BD, x_hat_BD)
+        return out
+
+    def auxk_loss(self, x_BD: Tensor, x_hat_BD: Tensor) -> Tensor:
+        """Normalised error of reconstructing the residual from the k_aux largest dead pre-activations."""
+        dead_N = self.dead_mask(self.dead_window_tokens).nonzero().squeeze(1)
+        if dead_N.numel() == 0:
+            return torch.zeros((), dtype=x_BD.dtype, device=x_BD.device)
+        # the dead columns' pre-activations, recomputed with gradient (a small product: n_dead columns)
+        W_DN = self.W_enc.index_select(1, dead_N)
+        z_BN = torch.addmm(self.b_enc[dead_N] - self.b_dec @ W_DN, x_BD, W_DN)
+        vals_BK, j_BK = z_BN.topk(min(self.k_aux, dead_N.numel()), dim=1, sorted=False)
+        e_BD = (x_BD - x_hat_BD).detach()
+        e_hat_BD = self.sparse_decode(dead_N[j_BK], vals_BK.relu(), bias=False)
+        return (e_hat_BD - e_BD).pow(2).sum() / e_BD.pow(2).sum().clamp_min(1e-12)
