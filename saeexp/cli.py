@@ -15,8 +15,13 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def run_name(override_dirname: str) -> str:
-    """A run directory name fixed by the command's overrides (never by the clock), so a rerun finds it."""
-    name = re.sub(r"[^\w.,=+-]", "_", override_dirname or "") or "default"
+    """A run directory name fixed by the command's overrides (never by the clock), so a rerun finds it.
+
+    `model.d_sae=64,loss.l1=2e-3` becomes `loss.l1-2e-3_model.d_sae-64` (sorted by Hydra): no '=' or ','
+    so the path can be passed back on a Hydra command line unquoted.
+    """
+    name = (override_dirname or "").replace("=", "-").replace(",", "_")
+    name = re.sub(r"[^\w.+-]", "_", name) or "default"
     return name[:200]
 
 
@@ -67,4 +72,7 @@ def main() -> None:
 
 
 def eval_main() -> None:
+    # `saeexp-eval PATH [overrides]`: a leading path is the SAE to score (paths need no Hydra quoting)
+    if len(sys.argv) > 1 and "=" not in sys.argv[1] and not sys.argv[1].startswith("-"):
+        sys.argv[1] = f"sae='{sys.argv[1]}'"
     _eval_main()

@@ -24,7 +24,7 @@ def make_logger(cfg: DictConfig, run_dir: Path):
 
     id_file = run_dir / "mlflow_run_id"
     run_id = id_file.read_text().strip() if id_file.exists() else None
-    logger = MLFlowLogger(experiment_name=cfg.logger.experiment, tracking_uri=cfg.logger.tracking_uri,
+    logger = MLFlowLogger(experiment_name=str(cfg.logger.experiment), tracking_uri=cfg.logger.tracking_uri,
                           run_name=cfg.logger.run_name, run_id=run_id,
                           tags={**run_tags(cfg), **dict(cfg.logger.tags or {})})
     if run_id is not None:  # resumed (e.g. a requeued SLURM job): the same run, running again

@@ -61,3 +61,19 @@ class InterruptAt:
                     raise SimulatedCrash(f"crashed at step {step}")
 
         return _Interrupt()
+
+
+class PoisonAt:
+    """A Lightning callback that makes the weights NaN after `step` steps (a divergence, on demand)."""
+
+    def __new__(cls, step: int):
+        import torch
+        from lightning.pytorch.callbacks import Callback
+
+        class _Poison(Callback):
+            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+                if trainer.global_step == step:
+                    with torch.no_grad():
+                        module.sae.W_enc[0, 0] = float("nan")
+
+        return _Poison()

@@ -25,6 +25,21 @@ def _positive(name: str, value, minimum=1) -> int:
     return int(value)
 
 
+def make(node, **kwargs):
+    """hydra.utils.instantiate, but a ConfigError raised by a constructor surfaces as itself (one clear line)."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        while cause is not None and not isinstance(cause, ConfigError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
+
+
 def build(cfg: DictConfig, source=None):
     """Instantiate data source, SAE and loss terms from the config; checks every combination first."""
     t = cfg.train
@@ -32,16 +47,16 @@ def build(cfg: DictConfig, source=None):
     steps = _positive("train.tokens", t.tokens) // batch_size
     if steps < 1:
         raise ConfigError(f"train.tokens={t.tokens}: fewer than one batch of train.batch_size={batch_size}")
-    source = source or instantiate(cfg.data)
-    sae = instantiate(cfg.model)
-    penalties = [instantiate(cfg.loss.sparsity)] if cfg.loss.get("sparsity") else []
-    penalties += [instantiate(v) for v in (cfg.get("extra_losses") or {}).values() if v is not None]
+    source = source or make(cfg.data)
+    sae = make(cfg.model)
+    penalties = [make(cfg.loss.sparsity)] if cfg.loss.get("sparsity") else []
+    penalties += [make(v) for v in (cfg.get("extra_losses") or {}).values() if v is not None]
     for term in penalties:
         term.validate(sae)
     if getattr(sae, "needs_sparsity_penalty", False) and not any(p.is_sparsity for p in penalties):
         raise ConfigError(f"model={type(sae).__name__} with no sparsity penalty: it would learn no sparsity; "
                           "pick loss=l1 (or another penalty)")
-    resampler = instantiate(cfg.resampler) if cfg.get("resampler") and cfg.resampler.get("_target_") else None
+    resampler = make(cfg.resampler) if cfg.get("resampler") and cfg.resampler.get("_target_") else None
     return source, sae, penalties, resampler, batch_size, steps
 
 
