@@ -1,0 +1,165 @@
+"""Sweeps on a real single-node SLURM cluster (scripts/slurm-local) logging to a real MLflow server.
+
+The cluster and the server start once for this module and are stopped by pid at the end. Ports:
+SAEEXP_TEST_SLURM_PORT_BASE (default 6917, four ports) and SAEEXP_TEST_MLFLOW_PORT (default 5917).
+Every wait has a deadline: subprocess timeouts, and `result_within` for submitit jobs.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+TINY = ["model.d_sae=64", "train.batch_size=1024", "train.init_sample_tokens=4096", "data.heldout_tokens=4096"]
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory):
+    from saeexp.sweep.services import mlflow_server, slurm_cluster
+
+    root = tmp_path_factory.mktemp("services")
+    port_base = int(os.environ.get("SAEEXP_TEST_SLURM_PORT_BASE", "6917"))
+    port = int(os.environ.get("SAEEXP_TEST_MLFLOW_PORT", "5917"))
+    with slurm_cluster(root / "slurm", port_base) as slurm_env, mlflow_server(root / "mlflow", port) as uri:
+        yield {**slurm_env, "MLFLOW_TRACKING_URI": uri}
+
+
+@pytest.fixture
+def env(services, tmp_path):
+    # one thread per job: tiny models on a 2-core box run ~6x faster than with torch's default pool
+    return {**os.environ, **services, "SAEEXP_RUNS": str(tmp_path / "runs"), "OMP_NUM_THREADS": "1"}
+
+
+def sweep(env, cwd, *args, timeout=300, wait=True):
+    cmd = ["saeexp", "-m", "hydra/launcher=slurm_local", *args]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def runs_of(env, experiment):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name(experiment)
+    return client, ([r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("saeexp.kind") != "pareto"]
+                    if exp else [])
+
+
+def sacct(env, *job_ids):
+    out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(job_ids)],
+                         env=env, capture_output=True, text=True, timeout=60, check=True).stdout
+    return dict(line.split("|")[:2] for line in out.splitlines() if line)
+
+
+def test_2x2_sweep_is_one_array_job_and_every_run_is_in_mlflow(env, tmp_path):
+    out = sweep(env, tmp_path, "experiment=grid", *TINY, "model.d_sae=64,128", "loss.l1=1e-3,3e-3",
+                "train.tokens=8192")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    client, runs = runs_of(env, "grid")
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    cells = {(r.data.tags["width"], r.data.tags["coefficient"]) for r in runs}
+    assert cells == {("64", "0.001"), ("64", "0.003"), ("128", "0.001"), ("128", "0.003")}
+    for r in runs:
+        assert {"final/l0", "final/fvu"} <= set(r.data.metrics)
+        t = r.data.tags
+        assert t["sweep"] == "grid" and t["variant"] == "relu" and t["seed"] == "0" and len(t["git_commit"]) >= 7
+    # one array job: every task is <array id>_<index>, all with the same array id, all COMPLETED
+    jobs = {r.data.tags["slurm_job_id"] for r in runs}
+    assert len({j.split("_")[0] for j in jobs}) == 1 and all("_" in j for j in jobs)
+    # sacct may lag the job's end by a moment (COMPLETING)
+    _wait_for(lambda: set(sacct(env, *jobs).values()) == {"COMPLETED"}, 60, f"sacct COMPLETED for {jobs}")
+
+
+def _wait_for(predicate, timeout, what, proc=None):
+    t_end = time.monotonic() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"sweep exited while waiting for {what}:\n{proc.stdout.read()[-3000:]}")
+        if time.monotonic() > t_end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def test_usr2_preemption_requeues_and_resumes_in_the_same_run(env, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    args = ["experiment=preempt", *TINY, "train.tokens=409600", "train.checkpoint_every=20", "train.log_every=10"]
+    proc = sweep(env, tmp_path, *args, wait=False)
+    try:
+        run_dirs = lambda: list((tmp_path / "runs" / "preempt").glob("model*"))  # noqa: E731
+        _wait_for(lambda: run_dirs() and (run_dirs()[0] / "checkpoints" / "last.ckpt").exists(), 240,
+                  "the first checkpoint", proc)
+        run_dir = run_dirs()[0]
+        client, runs = runs_of(env, "preempt")
+        job = runs[0].data.tags["slurm_job_id"]
+        subprocess.run(["scancel", "--signal=USR2", job], env=env, check=True, timeout=30)
+        out, _ = proc.communicate(timeout=420)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    client, runs = runs_of(env, "preempt")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the same MLflow run, finished
+    tags = runs[0].data.tags
+    stopped = int(tags["saeexp.preempted_at_step"])
+    assert 20 <= stopped < 400 and tags["saeexp.preemptions"] == "1"
+    logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "runs" / "preempt" / ".submitit").rglob("*.out"))
+    assert f"saeexp: preempted at step {stopped}; checkpoint saved" in logs
+    assert "Restoring states from the checkpoint path" in logs
+    assert tags["saeexp.resumed_at_step"] == str(stopped)  # the requeued job went on from that checkpoint
+    # an uninterrupted run of the same config and seed, on this host: same final weights
+    ref_env = {**env, "SAEEXP_RUNS": str(tmp_path / "ref")}
+    ref = subprocess.run(["saeexp", *args], cwd=tmp_path, env=ref_env, capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    a = load_file(str(run_dir / "sae" / "sae.safetensors"))
+    b = load_file(str(next((tmp_path / "ref" / "preempt").glob("model*")) / "sae" / "sae.safetensors"))
+    for k in b:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_a_failing_job_does_not_stop_the_others_and_a_killed_one_is_reconciled(env, tmp_path):
+    from saeexp.sweep.pareto import report
+
+    out = sweep(env, tmp_path, "experiment=faults", *TINY, "train.tokens=8192",
+                "+callbacks.fault._target_=saeexp.sweep.faults.FaultAt", "+callbacks.fault.kind=none,raise,kill")
+    assert out.returncode != 0  # the sweep reports its failures
+    client, runs = runs_of(env, "faults")
+    by_kind = {r.data.params["callbacks.fault.kind"]: r for r in runs}
+    assert by_kind["none"].info.status == "FINISHED" and "final/fvu" in by_kind["none"].data.metrics
+    assert by_kind["raise"].info.status == "FAILED"
+    assert "InjectedFault: injected fault at step" in by_kind["raise"].data.tags["failure_reason"]
+    assert by_kind["kill"].info.status == "RUNNING"  # SIGKILLed: it could not say so itself
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = env["SLURM_CONF"]
+    try:
+        r = report("faults", env["MLFLOW_TRACKING_URI"], tmp_path / "report")
+    finally:
+        os.environ.pop("SLURM_CONF") if old is None else os.environ.__setitem__("SLURM_CONF", old)
+    killed = client.get_run(by_kind["kill"].info.run_id)
+    assert killed.info.status == "FAILED" and "killed from outside" in killed.data.tags["failure_reason"]
+    assert [m[0] for m in r["marked_failed"]] == [killed.info.run_id]
+    assert len(r["points"]) == 1  # only the finished run is on the frontier plot
+
+
+def test_submitit_job_waits_have_deadlines(env, tmp_path):
+    """A job cancelled from outside ends the wait with an error, not a hang (needs accounting: sacct)."""
+    import submitit
+
+    from saeexp.sweep.hooks import result_within
+
+    os.environ["SLURM_CONF"] = env["SLURM_CONF"]
+    ex = submitit.AutoExecutor(folder=tmp_path / "submitit" / "%j", cluster="slurm")
+    ex.update_parameters(timeout_min=5, slurm_partition="debug", mem_gb=1)
+    job = ex.submit(time.sleep, 600)
+    _wait_for(lambda: job.state == "RUNNING", 60, "the job to start")
+    subprocess.run(["scancel", job.job_id], env=env, check=True, timeout=30)
+    with pytest.raises(Exception) as e:
+        result_within(job, timeout=120)
+    assert not isinstance(e.value, TimeoutError) and "CANCELLED" in str(e.value)
