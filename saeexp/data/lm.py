@@ -109,11 +109,15 @@ class LMSource(ActivationSource):
                              self.cache_dir / "datasets")
         windows = corpus.pack(texts, bridge.tokenizer, self.context_size, self.bos, need)
         if len(windows) < need:
+            files, hub = corpus.resolve(self.corpus)
+            which = hub or ", ".join(str(f) for f in files[:5]) + (f" (+{len(files) - 5} more)" if len(files) > 5 else "")
             what = "is empty (no text)" if len(windows) == 0 else f"gives only {len(windows)} windows"
-            raise ConfigError(f"data.corpus={self.corpus!r} {what}: need {need} windows of "
-                              f"{self.context_size} tokens for data.heldout_tokens + data.harvest_tokens")
+            raise ConfigError(f"data.corpus ({which}) {what}: need {need} windows of {self.context_size} "
+                              "tokens for data.heldout_tokens + data.harvest_tokens")
         held, train = windows[:self.n_heldout_windows], windows[self.n_heldout_windows:]
+        # the token windows too (0.2% of the activations' size): which text each cached row came from
         np.save(tmp / "heldout_windows.npy", held)
+        np.save(tmp / "train_windows.npy", train)
         per = self.context_size - self.first
         speeds = {}
         for name, w in (("heldout", held), ("train", train)):
@@ -152,10 +156,12 @@ class LMSource(ActivationSource):
         read(0, n, out)
         return out
 
-    def heldout_windows(self) -> np.ndarray:
-        """The held-out token windows [n, context_size] (int32); the CE evaluation uses the first ones."""
+    def windows(self, split: str = "heldout") -> np.ndarray:
+        """Token windows [n, context_size] (int32) of `split` (heldout | train), in cache row order: row i
+        of the activations is window i // (context_size - first), position first + i % (...).
+        The CE evaluation uses the first held-out windows."""
         self.prepare()
-        return np.load(self._folder / "heldout_windows.npy")
+        return np.load(self._folder / f"{split}_windows.npy")
 
     def describe(self) -> dict:
         self.prepare()
@@ -183,7 +189,7 @@ class LMSource(ActivationSource):
         from saeexp.lm import ce
 
         per = self.context_size - self.first
-        windows = self.heldout_windows()[:max(1, math.ceil(self.ce_tokens / per))]
+        windows = self.windows("heldout")[:max(1, math.ceil(self.ce_tokens / per))]
         mask_T = torch.arange(self.context_size) >= self.first
         param = next(sae.parameters())
 

@@ -136,9 +136,6 @@ def load_model(model: str, weights: str | None, cache_dir: str | Path, dtype: st
     memo = (model, w.identity, dtype, device)
     if memo in _LOADED:
         return _LOADED[memo], w
-    if weights is not None:
-        # everything is local: keep transformers/transformer_lens from asking the hub for anything
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformer_lens.model_bridge import TransformerBridge
 
     torch_dtype = getattr(torch, dtype)
