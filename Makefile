@@ -1,0 +1,22 @@
+# saeexp: the two commands of the README are `make demo` and `make test`; both set up a fresh machine.
+PY ?= python3
+# CPU machines keep the torch 2.13.0 CPU wheel (an unpinned torch would pull gigabytes of CUDA packages);
+# where nvidia-smi exists, plain pip resolves the CUDA build.
+CONSTRAINT := $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints/cpu.txt)
+PYTEST_ARGS ?=
+
+.PHONY: install demo test bench
+
+install:
+	$(PY) -m pip install -q $(CONSTRAINT) -e '.[lm,dev]'
+	PYTHON=$(PY) bash scripts/setup-lm.sh
+
+demo: install
+	bash scripts/demo.sh
+
+test: install
+	bash scripts/test.sh $(PYTEST_ARGS)
+
+bench: install
+	$(PY) bench/bench_core.py
+	$(PY) bench/bench_variants.py
