@@ -8,7 +8,7 @@ from saeexp.losses.base import LossTerm
 class L0(LossTerm):
     """lambda * mean over tokens of the number of active features, sum_i H(z_i - theta_i).
 
-    The count comes from the SAE's forward (`extras["l0_B"]`), whose backward gives the threshold the
+    The mean count comes from the SAE's forward (`extras["l0"]`), whose backward gives the threshold the
     pseudo-derivative d H / d theta and the pre-activations none; only SAEs that provide it accept this term.
     """
 
@@ -24,4 +24,4 @@ class L0(LossTerm):
                               "threshold with a straight-through count (model=jumprelu); use loss=l1 here")
 
     def forward(self, x_BD: Tensor, out, sae) -> Tensor:
-        return self.coef * out.extras["l0_B"].mean()
+        return self.coef * out.extras["l0"]

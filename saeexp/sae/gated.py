@@ -21,32 +21,52 @@ from saeexp.sae.base import SAE, SAEOutput
 FREE_DECODER = ("frozen_in_penalty", "unfrozen_in_aux")
 
 
-class _GatedAct(torch.autograd.Function):
-    """From Q = (x - b_dec) @ W_gate: pi, f = 1[pi > 0] * ReLU(exp(r) Q + b_mag) and ReLU(pi), in one Function.
+# keep(a, cond, out): a where cond > 0, else 0, written into out; one same-dtype pass (on a CPU a bool-mask
+# select runs at half the speed, and each fresh [B, F] float tensor costs several passes: count them)
+_keep = torch.ops.aten.threshold_backward.grad_input
 
+
+class _GatedAct(torch.autograd.Function):
+    """From Q = (x - b_dec) @ W_gate: f = 1[pi > 0] * ReLU(exp(r) Q + b_mag), ReLU(pi) (twice) and pi.
+
+    pi is written over Q (the matrix product's output, which its backward does not need). ReLU(pi) comes
+    out twice, as the auxiliary decoder's input and as the penalty's: their gradients then arrive apart
+    (the penalty's as a broadcast constant) and are summed in one pass here, not by autograd.
     The gate has no gradient through f (the Heaviside); it learns from ReLU(pi) (penalty, auxiliary loss).
     """
 
     @staticmethod
     def forward(ctx, Q_BF: Tensor, b_gate_F: Tensor, r_mag_F: Tensor, b_mag_F: Tensor):
         scale_F = r_mag_F.exp()
-        pi_BF = Q_BF + b_gate_F
-        f_BF = torch.addcmul(b_mag_F, Q_BF, scale_F).relu_().mul_(pi_BF > 0)
+        pi_BF = Q_BF.add_(b_gate_F)
+        ctx.mark_dirty(Q_BF)
+        # exp(r) Q + b_mag = exp(r) pi + (b_mag - exp(r) b_gate)
+        f_BF = torch.addcmul(b_mag_F - scale_F * b_gate_F, pi_BF, scale_F).relu_()
+        f_BF = _keep(f_BF, pi_BF, 0.0, grad_input=f_BF)
         gate_BF = torch.relu(pi_BF)
-        ctx.save_for_backward(Q_BF, scale_F, f_BF, gate_BF)
+        ctx.save_for_backward(pi_BF, b_gate_F, scale_F, f_BF, gate_BF)
         ctx.mark_non_differentiable(pi_BF)
-        return f_BF, gate_BF, pi_BF
+        return f_BF, gate_BF, gate_BF.view_as(gate_BF), pi_BF
 
     @staticmethod
-    def backward(ctx, g_f, g_gate, _g_pi):
-        Q_BF, scale_F, f_BF, gate_BF = ctx.saved_tensors
-        g_mag = torch.ops.aten.threshold_backward(g_f, f_BF, 0) if g_f is not None else None
-        g_pi = torch.ops.aten.threshold_backward(g_gate, gate_BF, 0) if g_gate is not None else None
-        if g_mag is None:
-            return g_pi, g_pi.sum(0), None, None
-        g_r = (g_mag * Q_BF).sum(0) * scale_F
-        g_Q = g_mag * scale_F if g_pi is None else torch.addcmul(g_pi, g_mag, scale_F)
-        return g_Q, None if g_pi is None else g_pi.sum(0), g_r, g_mag.sum(0)
+    def backward(ctx, g_f, g_gate, g_pen, _g_pi):
+        pi_BF, b_gate_F, scale_F, f_BF, gate_BF = ctx.saved_tensors
+        g_pi = g_b_gate = g_r = g_b_mag = None
+        if g_gate is not None and g_pen is not None:
+            g_pi = torch.add(g_gate, g_pen)
+            g_pi = _keep(g_pi, gate_BF, 0.0, grad_input=g_pi)
+        elif g_gate is not None or g_pen is not None:
+            g_pi = torch.ops.aten.threshold_backward(g_gate if g_pen is None else g_pen, gate_BF, 0.0)
+        if g_pi is not None:
+            g_b_gate = g_pi.sum(0)
+        if g_f is None:
+            return g_pi, g_b_gate, None, None
+        g_mag = torch.ops.aten.threshold_backward(g_f, f_BF, 0.0)
+        g_b_mag = g_mag.sum(0)
+        g_Q = g_mag * scale_F if g_pi is None else g_pi.addcmul_(g_mag, scale_F)
+        # d f / d r = exp(r) Q = exp(r) (pi - b_gate) on active entries
+        g_r = (g_mag.mul_(pi_BF).sum(0) - b_gate_F * g_b_mag) * scale_F
+        return g_Q, g_b_gate, g_r, g_b_mag
 
 
 class GatedSAE(SAE):
@@ -84,7 +104,7 @@ class GatedSAE(SAE):
         # Q = (x - b_dec) @ W_gate, with no product for the gradient of x (see SAE.encode_pre)
         return torch.addmm(-(self.b_dec @ self.W_gate), x_BD, self.W_gate)
 
-    def _gated(self, x_BD: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _gated(self, x_BD: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return _GatedAct.apply(self._shared_pre(x_BD), self.b_gate, self.r_mag, self.b_mag)
 
     def encode_pre(self, x_BD: Tensor) -> Tensor:
@@ -95,8 +115,8 @@ class GatedSAE(SAE):
         return self._gated(x_BD)[0]
 
     def forward(self, x_BD: Tensor) -> SAEOutput:
-        f_BF, gate_BF, pi_BF = self._gated(x_BD)
-        out = SAEOutput(self.decode(f_BF), f_BF, pi_BF, extras={"gate_acts_BF": gate_BF})
+        f_BF, gate_BF, gate_pen_BF, pi_BF = self._gated(x_BD)
+        out = SAEOutput(self.decode(f_BF), f_BF, pi_BF, extras={"gate_acts_BF": gate_pen_BF})
         if self.training and self.aux_recon > 0:
             unfrozen = self.free_decoder == "unfrozen_in_aux"
             W_dec = self.W_dec if unfrozen else self.W_dec.detach()

@@ -4,7 +4,7 @@ The Heaviside step has no useful gradient, so the threshold learns through strai
 with a kernel K of bandwidth epsilon (paper, section 4):
     d f / d theta = -(theta / eps) K((z - theta) / eps)      d f / d z = H(z - theta)
     d H / d theta = -(1 / eps) K((z - theta) / eps)           d H / d z = 0
-so an L0 penalty (`saeexp.losses.L0`, reading `extras["l0_B"]`) trains only theta.
+so an L0 penalty (`saeexp.losses.L0`, reading `extras["l0"]`) trains only theta.
 """
 from __future__ import annotations
 
@@ -24,42 +24,50 @@ KERNELS = {
 THRESHOLD_PARAMS = ("raw", "log")
 
 
-class _JumpReLU(torch.autograd.Function):
-    """f = z * H(z - theta) and the per-token count sum_i H(z_i - theta_i), with the paper's pseudo-derivatives.
+# keep(a, cond, out): a where cond > 0, else 0, written into out; same-dtype and one pass (on a CPU a
+# select with a bool mask runs at half the speed, and a fresh [B, F] float tensor costs several passes)
+_keep = torch.ops.aten.threshold_backward.grad_input
 
-    One Function so that forward is a compare and a multiply, and backward one masked multiply for z plus a
-    sparse pass for theta: only entries with z within the kernel's support of theta contribute (rare), so
-    they are found once and gathered instead of forming [B, F] products.
+
+class _JumpReLU(torch.autograd.Function):
+    """f = z * H(z - theta) and the mean count per token of H(z - theta), with the paper's pseudo-derivatives.
+
+    One Function: forward and backward each make one [B, F] float tensor. f > 0 exactly where z > theta
+    (theta > 0), so f is the mask of d f / d z; the entries that feed theta's gradient (z inside the
+    kernel's support around theta) are rare, so they are found with two compares and gathered.
     """
 
     @staticmethod
     def forward(ctx, z_BF: Tensor, theta_F: Tensor, eps: float, kernel: str):
-        on_BF = (z_BF if z_BF.dtype == torch.float32 else z_BF.float()) > theta_F
-        f_BF = z_BF * on_BF
-        l0_B = on_BF.sum(1, dtype=torch.float32)
-        ctx.save_for_backward(z_BF, theta_F, on_BF)
+        f_BF = torch.sub(z_BF, theta_F, out=torch.empty_like(z_BF, dtype=torch.float32))  # z - theta in fp32
+        f_BF = _keep(z_BF, f_BF, 0.0, grad_input=f_BF) if z_BF.dtype == torch.float32 else \
+            torch.where(f_BF > 0, z_BF, 0.0)
+        l0 = torch.count_nonzero(f_BF).to(torch.float32) / z_BF.shape[0]
+        ctx.save_for_backward(z_BF, theta_F, f_BF)
         ctx.eps, ctx.kernel = eps, kernel
-        return f_BF, l0_B
+        return f_BF, l0
 
     @staticmethod
-    def backward(ctx, g_f_BF: Tensor | None, g_l0_B: Tensor | None):
-        z_BF, theta_F, on_BF = ctx.saved_tensors
+    def backward(ctx, g_f_BF: Tensor | None, g_l0: Tensor | None):
+        z_BF, theta_F, f_BF = ctx.saved_tensors
         eps = ctx.eps
-        g_z = g_f_BF * on_BF if (g_f_BF is not None and ctx.needs_input_grad[0]) else None
+        g_z = None
+        if g_f_BF is not None and ctx.needs_input_grad[0]:
+            g_z = torch.ops.aten.threshold_backward(g_f_BF, f_BF, 0.0)  # d f / d z = H(z - theta)
         g_theta = None
         if ctx.needs_input_grad[1]:
             k_fn, half = KERNELS[ctx.kernel]
-            # z - theta in fp32 (bf16 would round the band away), then the few entries inside the support
-            d_BF = z_BF.float() - theta_F
-            b_idx, f_idx = (d_BF.abs_() < half * eps).nonzero(as_tuple=True)
-            u_N = (z_BF[b_idx, f_idx].float() - theta_F[f_idx]) / eps
-            k_N = k_fn(u_N)
-            per_N = torch.zeros_like(k_N)
-            if g_f_BF is not None:  # d f / d theta
+            z32_BF = z_BF if z_BF.dtype == torch.float32 else z_BF.float()
+            # entries with |z - theta| < half * eps, as (z > theta - h) xor (z > theta + h), in fp32
+            band_BF = torch.logical_xor(z32_BF > theta_F - half * eps, z32_BF > theta_F + half * eps)
+            b_idx, f_idx = band_BF.nonzero(as_tuple=True)
+            u_N = (z32_BF[b_idx, f_idx] - theta_F[f_idx]) / eps
+            per_N = torch.zeros_like(u_N)
+            if g_f_BF is not None:  # d f / d theta = -(theta / eps) K(u)
                 per_N += theta_F[f_idx] * g_f_BF[b_idx, f_idx].float()
-            if g_l0_B is not None:  # d H / d theta
-                per_N += g_l0_B[b_idx].float()
-            g_theta = torch.zeros_like(theta_F).index_add_(0, f_idx, per_N * k_N).mul_(-1.0 / eps)
+            if g_l0 is not None:  # d H / d theta = -(1 / eps) K(u), for each token of the mean
+                per_N += g_l0.float() / z_BF.shape[0]
+            g_theta = torch.zeros_like(theta_F).index_add_(0, f_idx, per_N * k_fn(u_N)).mul_(-1.0 / eps)
         return g_z, g_theta, None, None
 
 
@@ -74,7 +82,7 @@ class JumpReLUSAE(SAE):
     Raw theta is kept positive by a floor applied in forward with a straight-through gradient.
     """
 
-    provides_l0 = True  # extras["l0_B"] carries the STE count that `loss=l0` penalises
+    provides_l0 = True  # extras["l0"] carries the STE count that `loss=l0` penalises
 
     def __init__(self, d_in: int, d_sae: int, decoder_norm: str = "unit", init_dec_norm: float = 1.0,
                  enc_from_dec: bool = True, seed: int = 0, bandwidth: float | None = None,
@@ -114,5 +122,5 @@ class JumpReLUSAE(SAE):
 
     def forward(self, x_BD: Tensor) -> SAEOutput:
         pre_BF = self.encode_pre(x_BD)
-        acts_BF, l0_B = self._jump(pre_BF)
-        return SAEOutput(self.decode(acts_BF), acts_BF, pre_BF, extras={"l0_B": l0_B})
+        acts_BF, l0 = self._jump(pre_BF)
+        return SAEOutput(self.decode(acts_BF), acts_BF, pre_BF, extras={"l0": l0})

@@ -17,14 +17,15 @@ class _InhibitOnly(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z_BF: Tensor, b_F: Tensor):
-        on_BF = z_BF > 0
-        ctx.save_for_backward(on_BF)
-        return (z_BF - b_F).mul_(on_BF)
+        ctx.save_for_backward(z_BF)
+        f_BF = torch.sub(z_BF, b_F)
+        # keep z - b where z > 0, in place: one same-dtype pass (a bool-mask select is twice as slow on a CPU)
+        return torch.ops.aten.threshold_backward.grad_input(f_BF, z_BF, 0.0, grad_input=f_BF)
 
     @staticmethod
     def backward(ctx, g_BF: Tensor):
-        (on_BF,) = ctx.saved_tensors
-        return g_BF * on_BF, None
+        (z_BF,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(g_BF, z_BF, 0.0), None
 
 
 class SCSAE(SAE):

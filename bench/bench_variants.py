@@ -1,0 +1,124 @@
+"""Step throughput of every SAE variant as a fraction of the standard SAE's six-product limit.
+
+    python bench/bench_variants.py            # d_in 512, batch 4096, widths 4096 and 16384, fp32
+    python bench/bench_variants.py --quick    # width 4096 only, fewer repeats
+
+The limit at a width is the time of the standard step's six matrix products (12 * B * d_in * width FLOPs) as
+bare `torch.mm` into preallocated buffers. A step is what the trainer does per batch, without Lightning:
+forward, every loss term (recon, the model's default penalty, its own auxiliary terms), backward, decoder-norm
+handling and a fused Adam step. Implementations are interleaved within each repeat and the median is kept,
+so machine load moves all of them together; quote the fractions, not the tokens/s.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from saeexp.losses import L0, L1, MSE
+from saeexp.sae import SCSAE, BatchTopKSAE, GatedSAE, JumpReLUSAE, ReLUSAE, TopKSAE
+
+TARGETS = {"relu": None, "jumprelu": 0.8, "scsae": 0.8, "topk": 0.8, "batchtopk": 0.7, "gated": 0.6}
+
+
+def make(name: str, d_in: int, width: int, k: int, dead_frac: float):
+    """(sae, penalties) with each model's default penalty, as `saeexp model=<name>` builds them."""
+    if name == "relu":
+        return ReLUSAE(d_in, width), [L1(5e-3)]
+    if name == "scsae":
+        return SCSAE(d_in, width), [L1(5e-3)]
+    if name == "gated":
+        return GatedSAE(d_in, width), [L1(5e-3)]
+    if name == "jumprelu":
+        return JumpReLUSAE(d_in, width), [L0(5e-3)]
+    cls = TopKSAE if name == "topk" else BatchTopKSAE
+    sae = cls(d_in, width, k=k, dead_window_tokens=1)
+    sae.dead_F = torch.rand(width, generator=torch.Generator().manual_seed(1)) < dead_frac
+    return sae, []
+
+
+def make_step(sae, penalties):
+    """One training step closure (what SAEModule does per batch, minus logging)."""
+    terms = [MSE(1.0), *penalties]
+    opt = torch.optim.Adam(sae.parameters(), lr=4e-5, fused=True)
+    dead_F = getattr(sae, "dead_F", None)
+
+    def step(x_BD):
+        if dead_F is not None:  # a fixed set of dead latents, so AuxK always has work
+            sae.tokens_since_fired.copy_(dead_F.long())
+        out = sae(x_BD)
+        loss = sum(t(x_BD, out, sae) for t in terms) + sum(out.aux_losses.values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if sae.unit_norm:
+            sae.remove_parallel_grad()
+        opt.step()
+        if sae.unit_norm:
+            sae.normalize_decoder()
+
+    return step
+
+
+def make_limit(B: int, d_in: int, width: int):
+    """The six products of a standard step, bare `torch.mm` into preallocated buffers."""
+    g = torch.Generator().manual_seed(0)
+    x, W_enc, W_dec = torch.randn(B, d_in, generator=g), torch.randn(d_in, width, generator=g), \
+        torch.randn(width, d_in, generator=g)
+    z, xh, gz, gWd, gWe, gx = (torch.empty(B, width), torch.empty(B, d_in), torch.empty(B, width),
+                               torch.empty(width, d_in), torch.empty(d_in, width), torch.empty(B, d_in))
+
+    def limit(_x):
+        torch.mm(x, W_enc, out=z)           # encoder
+        torch.mm(z, W_dec, out=xh)          # decoder
+        torch.mm(xh, W_dec.t(), out=gz)     # grad of activations
+        torch.mm(z.t(), xh, out=gWd)        # grad of W_dec
+        torch.mm(x.t(), gz, out=gWe)        # grad of W_enc
+        torch.mm(gz, W_enc.t(), out=gx)     # grad of the input
+
+    return limit
+
+
+def bench_width(names, B, d_in, width, k, repeats, warmup, dead_frac):
+    x_BD = torch.randn(B, d_in, generator=torch.Generator().manual_seed(2))  # E||x|| ~ sqrt(d_in), as trained
+    fns = {"limit": make_limit(B, d_in, width)}
+    for n in names:
+        fns[n] = make_step(*make(n, d_in, width, k, dead_frac))
+    times = {n: [] for n in fns}
+    for r in range(warmup + repeats):
+        for n, fn in fns.items():
+            t0 = time.perf_counter()
+            fn(x_BD)
+            if r >= warmup:
+                times[n].append(time.perf_counter() - t0)
+    return {n: statistics.median(ts) for n, ts in times.items()}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--widths", type=int, nargs="+", default=[4096, 16384])
+    p.add_argument("--variants", nargs="+", default=list(TARGETS))
+    p.add_argument("--d-in", type=int, default=512)
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--k", type=int, default=64)
+    p.add_argument("--dead-frac", type=float, default=0.1, help="fraction of latents kept dead (AuxK work)")
+    p.add_argument("--repeats", type=int, default=None, help="default: 7 at width <= 4096, else 3")
+    p.add_argument("--quick", action="store_true", help="width 4096 only, 3 repeats")
+    a = p.parse_args(argv)
+    widths = [4096] if a.quick else a.widths
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; d_in {a.d_in}, batch {a.batch}, "
+          f"fp32; topk/batchtopk k={a.k} with AuxK on {a.dead_frac:.0%} dead latents")
+    print(f"{'variant':<10} {'width':>6} {'ms/step':>9} {'tokens/s':>9} {'frac':>6} {'target':>7}")
+    for w in widths:
+        reps = a.repeats or (3 if a.quick or w > 4096 else 7)
+        res = bench_width(a.variants, a.batch, a.d_in, w, a.k, reps, 1, a.dead_frac)
+        for n, t in res.items():
+            frac = res["limit"] / t
+            tgt = TARGETS.get(n)
+            mark = "" if tgt is None else f">={tgt:.1f}" + (" ok" if frac >= tgt else " LOW")
+            print(f"{n:<10} {w:>6} {t * 1e3:>9.1f} {a.batch / t:>9.0f} {frac:>6.2f} {mark:>7}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
