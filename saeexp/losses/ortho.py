@@ -1,0 +1,160 @@
+"""Orthogonality of decoder directions: a penalty on cosines between decoder rows (reference 004).
+
+Till (2024) proposes penalising |cos| between feature directions so that an SAE is not paid for learning
+combinations of features; the decoder rows, not the encoder's, are the feature directions (Nanda, cited
+there). The per-feature value is averaged over features, so one coefficient means the same across widths.
+
+pairs=all      per feature, the mean penalty over every other row: exact, O(F^2 d); small widths only.
+pairs=nearest  per feature, the penalty on its nearest neighbour (largest |cos|). Each feature keeps a list
+               of its m nearest rows, recomputed every K steps in blocks (never an [F, F] matrix); a step
+               looks only at those m rows: O(F m d). The neighbour-list idea is Charlie Steiner's, in
+               reference 004's comments. Right after a refresh the value equals the exact one.
+features=active  only features that fired in the batch are penalised (sum over them / F, so the term is
+               the full one restricted); their neighbours' rows still get gradient, so a rarely-firing
+               row cannot sit on an active feature's direction unpushed (Till's reply in the comments).
+similarity     g(max(|cos| - margin, 0)) with g = identity (`abs`) or square (`square`): margin > 0 leaves
+               near-orthogonal pairs alone and penalises only closely aligned ones.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from saeexp.errors import ConfigError
+from saeexp.losses.base import LossTerm
+
+PAIRS = ("all", "nearest")
+FEATURES = ("all", "active")
+SIMILARITIES = ("abs", "square")
+
+
+def unit_rows(W_FD: Tensor) -> Tensor:
+    return W_FD / W_FD.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+@torch.no_grad()
+def nearest_neighbours(W_FD: Tensor, m: int, block: int = 4096) -> Tensor:
+    """Indices [F, m] of each row's m rows of largest |cos| (itself excluded), computed block by block."""
+    F = W_FD.shape[0]
+    m = min(m, F - 1)
+    Wn = unit_rows(W_FD.detach())
+    out = torch.empty(F, m, dtype=torch.long, device=W_FD.device)
+    for lo in range(0, F, block):
+        c = (Wn[lo:lo + block] @ Wn.t()).abs_()
+        rows = torch.arange(c.shape[0], device=c.device)
+        c[rows, rows + lo] = -1.0  # not itself
+        out[lo:lo + block] = c.topk(m, dim=1, sorted=False).indices
+    return out
+
+
+class DecoderOrthogonality(LossTerm):
+    """coef * mean over features of g(cos with other decoder rows); see the module docstring for the modes."""
+
+    name = "ortho"
+
+    def __init__(self, coef: float = 0.01, pairs: str = "nearest", features: str = "all",
+                 similarity: str = "abs", margin: float = 0.0, neighbours: int = 8, refresh_every: int = 100,
+                 block: int = 4096):
+        super().__init__(coef)
+        if pairs not in PAIRS:
+            raise ConfigError(f"ortho.pairs={pairs!r}: expected one of {PAIRS}")
+        if features not in FEATURES:
+            raise ConfigError(f"ortho.features={features!r}: expected one of {FEATURES}")
+        if similarity not in SIMILARITIES:
+            raise ConfigError(f"ortho.similarity={similarity!r}: expected one of {SIMILARITIES}")
+        if not 0.0 <= margin < 1.0:
+            raise ConfigError(f"ortho.margin={margin!r}: expected a number in [0, 1)")
+        for key, v in (("neighbours", neighbours), ("refresh_every", refresh_every), ("block", block)):
+            if not isinstance(v, int) or v < 1:
+                raise ConfigError(f"ortho.{key}={v!r}: expected an integer >= 1")
+        self.pairs, self.features, self.similarity, self.margin = pairs, features, similarity, float(margin)
+        self.m, self.refresh_every, self.block = neighbours, refresh_every, block
+        # the neighbour list and the steps since it was computed: in the state dict, so a resumed run uses
+        # the list an uninterrupted one would (recomputing it from resumed weights would not be the same)
+        self.register_buffer("neighbours_FM", torch.zeros(0, 0, dtype=torch.long))
+        self.register_buffer("steps_since_refresh", torch.tensor(-1, dtype=torch.long))  # -1: never built
+
+    def validate(self, sae) -> None:
+        if sae.d_sae < 2:
+            raise ConfigError("ortho: needs model.d_sae >= 2 (cosines between decoder rows)")
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # the list's shape [F, m] is known only once built: take the checkpoint's shape
+        key = prefix + "neighbours_FM"
+        if key in state_dict:
+            self.neighbours_FM = torch.empty_like(state_dict[key], device=self.neighbours_FM.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def g(self, cos: Tensor) -> Tensor:
+        """The penalty on one cosine: identity or square of max(|cos| - margin, 0)."""
+        c = cos.abs()
+        if self.margin > 0:
+            c = (c - self.margin).clamp_min(0.0)
+        return c if self.similarity == "abs" else c * c
+
+    @torch.no_grad()
+    def refresh(self, W_dec_FD: Tensor) -> None:
+        """Recompute every feature's neighbour list from the current decoder."""
+        self.neighbours_FM = nearest_neighbours(W_dec_FD, self.m, self.block)
+        self.steps_since_refresh.zero_()
+
+    def _tick(self, W_dec_FD: Tensor) -> None:
+        """Count training steps; rebuild the list when it is missing, stale or the width changed."""
+        if not (self.training and torch.is_grad_enabled()):
+            if self.neighbours_FM.shape[0] != W_dec_FD.shape[0]:
+                self.refresh(W_dec_FD)
+            return
+        s = int(self.steps_since_refresh)
+        if s < 0 or s >= self.refresh_every or self.neighbours_FM.shape[0] != W_dec_FD.shape[0]:
+            self.refresh(W_dec_FD)
+        self.steps_since_refresh += 1
+
+    def per_feature(self, W_dec_FD: Tensor, idx: Tensor | None = None) -> Tensor:
+        """The penalty of each feature in `idx` (all when None), differentiable in W_dec."""
+        if self.pairs == "all":
+            Wn = unit_rows(W_dec_FD)
+            rows = Wn if idx is None else Wn[idx]
+            c = rows @ Wn.t()
+            self_pos = torch.arange(Wn.shape[0], device=c.device) if idx is None else idx
+            pen = self.g(c)
+            pen = pen.scatter(1, self_pos[:, None], 0.0)  # not itself
+            return pen.sum(dim=1) / (Wn.shape[0] - 1)
+        self._tick(W_dec_FD)
+        nbr = self.neighbours_FM if idx is None else self.neighbours_FM[idx]
+        W_A = W_dec_FD if idx is None else W_dec_FD[idx]
+        # which listed neighbour is nearest now: no gradient, m products of [A, D] (no [A, m, D] tensor)
+        with torch.no_grad():
+            An = unit_rows(W_A)
+            best = torch.full((W_A.shape[0],), -1.0, device=W_A.device)
+            arg = torch.zeros(W_A.shape[0], dtype=torch.long, device=W_A.device)
+            Wn = unit_rows(W_dec_FD)
+            for k in range(nbr.shape[1]):
+                c = (An * Wn[nbr[:, k]]).sum(dim=1).abs_()
+                better = c > best
+                best = torch.where(better, c, best)
+                arg = torch.where(better, k, arg)
+            j = nbr.gather(1, arg[:, None]).squeeze(1)
+        # the gradient of a max flows through its argmax only: one differentiable cosine per feature,
+        # reaching both the feature's row and its neighbour's
+        W_B = W_dec_FD[j]
+        cos = (W_A * W_B).sum(dim=1) / (W_A.norm(dim=1) * W_B.norm(dim=1)).clamp_min(1e-12)
+        return self.g(cos)
+
+    def forward(self, x_BD: Tensor, out, sae) -> Tensor:
+        W = sae.W_dec
+        F = W.shape[0]
+        if self.features == "active":
+            idx = (out.acts_BF.detach().amax(dim=0) > 0).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                if self.pairs == "nearest":
+                    self._tick(W)
+                return W.sum() * 0.0
+            return self.coef * self.per_feature(W, idx).sum() / F
+        return self.coef * self.per_feature(W).mean()
+
+    @torch.no_grad()
+    def exact_nearest(self, W_dec_FD: Tensor) -> Tensor:
+        """Per feature, g of its exact nearest neighbour (largest |cos|): the reference for pairs=nearest."""
+        j = nearest_neighbours(W_dec_FD, 1, self.block).squeeze(1)
+        Wn = unit_rows(W_dec_FD)
+        return self.g((Wn * Wn[j]).sum(dim=1))
