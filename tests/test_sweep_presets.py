@@ -1,0 +1,79 @@
+"""Every preset in sweeps/ composes, with every value of every axis; the SLURM launcher's keys override."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from saeexp.cli import CONF_DIR
+
+SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+PRESETS = sorted(p.stem for p in SWEEPS.glob("*.yaml"))
+
+
+def _compose(name: str, overrides=()):
+    with initialize_config_dir(str(SWEEPS), version_base="1.3"):
+        return compose(name, [f"hydra.searchpath=[file://{CONF_DIR}]", *overrides], return_hydra_config=True)
+
+
+def _axes(cfg) -> dict[str, list[str]]:
+    parser = OverridesParser.create()
+    params = cfg.hydra.sweeper.params or {}
+    axes = {}
+    for k, v in params.items():
+        o = parser.parse_override(f"{k}={v}")
+        axes[k] = [str(x) for x in o.sweep_string_iterator()] if o.is_sweep_override() else [str(v)]
+    return axes
+
+
+def test_there_are_presets():
+    assert {"relu_grid", "variants_matched"} <= set(PRESETS)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_composes_with_every_axis_value(name, monkeypatch, tmp_path):
+    monkeypatch.setenv("SAEEXP_RUNS", str(tmp_path))
+    cfg = _compose(name)
+    axes = _axes(cfg)
+    assert cfg.experiment.startswith("sweep_"), "a preset sweeps at least two axes, by name"
+    assert math_prod(len(v) for v in axes.values()) >= 4 and sum(len(v) > 1 for v in axes.values()) >= 2
+    for key, values in axes.items():
+        for value in values:
+            c = _compose(name, [f"{key}={value}"])
+            model = OmegaConf.to_container(c.model, resolve=True)
+            assert model["_target_"].startswith("saeexp.") and model["d_sae"] > 0
+            assert c.train.tokens == cfg.train.tokens  # an equal token budget across the sweep
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_on_slurm_with_overrides(name, monkeypatch, tmp_path):
+    monkeypatch.setenv("SAEEXP_RUNS", str(tmp_path))
+    c = _compose(name, ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.array_parallelism=4",
+                        "hydra.launcher.timeout_min=30", "hydra.launcher.mem_gb=16", "hydra.launcher.gpus_per_node=2",
+                        "hydra.launcher.cpus_per_task=4"])
+    launcher = c.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.partition, launcher.array_parallelism, launcher.timeout_min, launcher.mem_gb,
+            launcher.gpus_per_node, launcher.cpus_per_task) == ("gpu", 4, 30, 16, 2, 4)
+    assert launcher.max_num_timeout > 0  # resume after a time limit is proven (tests/test_slurm.py)
+    assert c.callbacks.preemption._target_.endswith("PreemptionCheckpoint")
+    assert c.hydra.callbacks.sweep._target_.endswith("SweepSetup")
+
+
+def math_prod(xs):
+    out = 1
+    for x in xs:
+        out *= x
+    return out
+
+
+def test_every_launcher_config_composes(monkeypatch, tmp_path):
+    monkeypatch.setenv("SAEEXP_RUNS", str(tmp_path))
+    for path in sorted((Path(CONF_DIR) / "hydra" / "launcher").glob("*.yaml")):
+        with initialize_config_dir(CONF_DIR, version_base="1.3"):
+            c = compose("config", [f"hydra/launcher={path.stem}"], return_hydra_config=True)
+        assert OmegaConf.to_container(c.hydra.launcher)["submitit_folder"].endswith("%j")
+        assert any("OMP_NUM_THREADS" in line for line in c.hydra.launcher.setup)  # threads follow the job's CPUs
