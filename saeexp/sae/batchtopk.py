@@ -57,9 +57,9 @@ class BatchTopKSAE(TopKSAE):
             t = kth_largest(pre_BF.detach(), self.k * pre_BF.shape[0])
             if self.training:
                 self._update_threshold(t)
-            t = float(t)
-            # keep z >= t (strictly above the next float down); t <= 0 means fewer than k * B positives: ReLU
-            cut = math.nextafter(t, -math.inf) if t > 0 else 0.0
+            # keep z >= t: strictly above the next float down in z's dtype; t <= 0 (fewer than k * B positive
+            # values): ReLU
+            cut = float(torch.nextafter(t, t.new_tensor(-math.inf))) if t > 0 else 0.0
         else:
             cut = float(self.threshold)
         return F.threshold(pre_BF, cut, 0.0)  # z where z > cut, else 0; backward one masked pass

@@ -37,6 +37,7 @@ class _GatedAct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, Q_BF: Tensor, b_gate_F: Tensor, r_mag_F: Tensor, b_mag_F: Tensor):
+        ctx.set_materialize_grads(False)  # unused outputs: None, not [B, F] zeros
         scale_F = r_mag_F.exp()
         pi_BF = Q_BF.add_(b_gate_F)
         ctx.mark_dirty(Q_BF)

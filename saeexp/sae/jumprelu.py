@@ -39,6 +39,7 @@ class _JumpReLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z_BF: Tensor, theta_F: Tensor, eps: float, kernel: str):
+        ctx.set_materialize_grads(False)  # unused outputs: None, not [B, F] zeros
         f_BF = torch.sub(z_BF, theta_F, out=torch.empty_like(z_BF, dtype=torch.float32))  # z - theta in fp32
         f_BF = _keep(z_BF, f_BF, 0.0, grad_input=f_BF) if z_BF.dtype == torch.float32 else \
             torch.where(f_BF > 0, z_BF, 0.0)

@@ -27,7 +27,8 @@ def _scatter_rows(idx_BK: Tensor, w_BK: Tensor, rows_BD: Tensor, n_rows: int) ->
     """
     B, K = idx_BK.shape
     b_N = torch.arange(B, device=idx_BK.device).repeat_interleave(K)
-    A = torch.sparse_coo_tensor(torch.stack([idx_BK.reshape(-1), b_N]), w_BK.reshape(-1), (n_rows, B))
+    A = torch.sparse_coo_tensor(torch.stack([idx_BK.reshape(-1), b_N]), w_BK.reshape(-1), (n_rows, B),
+                                check_invariants=False)
     return torch.sparse.mm(A, rows_BD)
 
 
@@ -36,6 +37,7 @@ class _SparseDecode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, vals_BK: Tensor, idx_BK: Tensor, W_FD: Tensor):
+        ctx.set_materialize_grads(False)  # unused outputs: None, not [B, F] zeros
         B, K = idx_BK.shape
         idx_N, offsets_B = idx_BK.reshape(-1), torch.arange(0, B * K, K, device=idx_BK.device)
         y_BD, offset2bag, _, _ = torch.ops.aten._embedding_bag(W_FD, idx_N, offsets_B, False, 0, False,
@@ -61,6 +63,7 @@ class _TopKEncode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_BD: Tensor, W_enc_DF: Tensor, b_F: Tensor, k: int):
+        ctx.set_materialize_grads(False)  # unused outputs: None, not [B, F] zeros
         z_BF = torch.addmm(b_F, x_BD, W_enc_DF)
         vals_BK, idx_BK = z_BF.topk(k, dim=1, sorted=False)
         vals_BK.relu_()
@@ -70,6 +73,8 @@ class _TopKEncode(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_vals_BK: Tensor, _g_idx, _g_z):
+        if g_vals_BK is None:
+            return None, None, None, None
         x_BD, W_enc_DF, vals_BK, idx_BK = ctx.saved_tensors
         g_BK = g_vals_BK * (vals_BK > 0)
         F_ = W_enc_DF.shape[1]
