@@ -97,7 +97,7 @@ def test_usr2_preemption_requeues_and_resumes_in_the_same_run(env, tmp_path):
     args = ["experiment=preempt", *TINY, "train.tokens=307200", "train.checkpoint_every=20", "train.log_every=10"]
     proc = sweep(env, tmp_path, *args, wait=False)
     # meanwhile, an uninterrupted run of the same config and seed on this host, for the final weights
-    ref = subprocess.Popen(["saeexp", *args], cwd=tmp_path, env={**env, "SAEEXP_RUNS": str(tmp_path / "ref")},
+    ref = subprocess.Popen(["saeexp", *args, "experiment=preempt_ref"], cwd=tmp_path, env={**env, "SAEEXP_RUNS": str(tmp_path / "ref")},
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         run_dirs = lambda: run_dirs_in(tmp_path / "runs" / "preempt")  # noqa: E731
@@ -125,7 +125,7 @@ def test_usr2_preemption_requeues_and_resumes_in_the_same_run(env, tmp_path):
     assert tags["saeexp.resumed_at_step"] == str(stopped)  # the requeued job went on from that checkpoint
     assert ref.returncode == 0, ref_err[-3000:]
     a = load_file(str(run_dir / "sae" / "sae.safetensors"))
-    b = load_file(str(run_dirs_in(tmp_path / "ref" / "preempt")[0] / "sae" / "sae.safetensors"))
+    b = load_file(str(run_dirs_in(tmp_path / "ref" / "preempt_ref")[0] / "sae" / "sae.safetensors"))
     for k in b:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
 
