@@ -7,7 +7,8 @@ there). The per-feature value is averaged over features, so one coefficient mean
 pairs=all      per feature, the mean penalty over every other row: exact, O(F^2 d); small widths only.
 pairs=nearest  per feature, the penalty on its nearest neighbour (largest |cos|). Each feature keeps a list
                of its m nearest rows, recomputed every K steps in blocks (never an [F, F] matrix); a step
-               looks only at those m rows: O(F m d). The neighbour-list idea is Charlie Steiner's, in
+               looks only at the nearest of them, re-chosen among the m every `rerank_every` steps
+               (O(F m d)); a step in between costs O(F d). The neighbour-list idea is Charlie Steiner's, in
                reference 004's comments. Right after a refresh the value equals the exact one.
 features=active  only features that fired in the batch are penalised (sum over them / F, so the term is
                the full one restricted); their neighbours' rows still get gradient, so a rarely-firing
@@ -47,6 +48,35 @@ def nearest_neighbours(W_FD: Tensor, m: int, block: int = 4096) -> Tensor:
     return out
 
 
+class _PairDot(torch.autograd.Function):
+    """dot_A = W[a] . W[j] for rows a (all when None) and partners j; backward adds into both rows in place.
+
+    Autograd's version of this gathers, multiplies and scatters through three extra [F, D] temporaries; here
+    the backward is one product and one index_add per side.
+    """
+
+    @staticmethod
+    def forward(ctx, W_FD: Tensor, a: Tensor | None, j: Tensor):
+        W_A = W_FD if a is None else W_FD.index_select(0, a)
+        W_J = W_FD.index_select(0, j)
+        ctx.save_for_backward(W_FD, a if a is not None else torch.empty(0, dtype=torch.long), j, W_J)
+        ctx.all_rows = a is None
+        return torch.einsum("ad,ad->a", W_A, W_J)
+
+    @staticmethod
+    def backward(ctx, g_A: Tensor):
+        W_FD, a, j, W_J = ctx.saved_tensors
+        g = g_A[:, None]
+        if ctx.all_rows:
+            grad = W_J * g  # d/dW[a] of W[a] . W[j], a = every row
+            grad.index_add_(0, j, W_FD * g)
+        else:
+            grad = torch.zeros_like(W_FD)
+            grad.index_add_(0, a, W_J * g)
+            grad.index_add_(0, j, W_FD.index_select(0, a) * g)
+        return grad, None, None
+
+
 class DecoderOrthogonality(LossTerm):
     """coef * mean over features of g(cos with other decoder rows); see the module docstring for the modes."""
 
@@ -54,7 +84,7 @@ class DecoderOrthogonality(LossTerm):
 
     def __init__(self, coef: float = 0.01, pairs: str = "nearest", features: str = "all",
                  similarity: str = "abs", margin: float = 0.0, neighbours: int = 8, refresh_every: int = 100,
-                 block: int = 4096):
+                 rerank_every: int = 10, block: int = 4096):
         super().__init__(coef)
         if pairs not in PAIRS:
             raise ConfigError(f"ortho.pairs={pairs!r}: expected one of {PAIRS}")
@@ -64,14 +94,16 @@ class DecoderOrthogonality(LossTerm):
             raise ConfigError(f"ortho.similarity={similarity!r}: expected one of {SIMILARITIES}")
         if not 0.0 <= margin < 1.0:
             raise ConfigError(f"ortho.margin={margin!r}: expected a number in [0, 1)")
-        for key, v in (("neighbours", neighbours), ("refresh_every", refresh_every), ("block", block)):
+        for key, v in (("neighbours", neighbours), ("refresh_every", refresh_every), ("rerank_every", rerank_every),
+                       ("block", block)):
             if not isinstance(v, int) or v < 1:
                 raise ConfigError(f"ortho.{key}={v!r}: expected an integer >= 1")
         self.pairs, self.features, self.similarity, self.margin = pairs, features, similarity, float(margin)
-        self.m, self.refresh_every, self.block = neighbours, refresh_every, block
+        self.m, self.refresh_every, self.rerank_every, self.block = neighbours, refresh_every, rerank_every, block
         # the neighbour list and the steps since it was computed: in the state dict, so a resumed run uses
         # the list an uninterrupted one would (recomputing it from resumed weights would not be the same)
         self.register_buffer("neighbours_FM", torch.zeros(0, 0, dtype=torch.long))
+        self.register_buffer("nearest_F", torch.zeros(0, dtype=torch.long))  # nearest listed row, per feature
         self.register_buffer("steps_since_refresh", torch.tensor(-1, dtype=torch.long))  # -1: never built
 
     def validate(self, sae) -> None:
@@ -80,9 +112,9 @@ class DecoderOrthogonality(LossTerm):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # the list's shape [F, m] is known only once built: take the checkpoint's shape
-        key = prefix + "neighbours_FM"
-        if key in state_dict:
-            self.neighbours_FM = torch.empty_like(state_dict[key], device=self.neighbours_FM.device)
+        for name in ("neighbours_FM", "nearest_F"):
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name], device=self.neighbours_FM.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def g(self, cos: Tensor) -> Tensor:
@@ -94,9 +126,10 @@ class DecoderOrthogonality(LossTerm):
 
     @torch.no_grad()
     def refresh(self, W_dec_FD: Tensor) -> None:
-        """Recompute every feature's neighbour list from the current decoder."""
+        """Recompute every feature's neighbour list from the current decoder (and its nearest among them)."""
         self.neighbours_FM = nearest_neighbours(W_dec_FD, self.m, self.block)
         self.steps_since_refresh.zero_()
+        self.rerank(W_dec_FD)
 
     def _tick(self, W_dec_FD: Tensor) -> None:
         """Count training steps; rebuild the list when it is missing, stale or the width changed."""
@@ -107,9 +140,25 @@ class DecoderOrthogonality(LossTerm):
         s = int(self.steps_since_refresh)
         if s < 0 or s >= self.refresh_every or self.neighbours_FM.shape[0] != W_dec_FD.shape[0]:
             self.refresh(W_dec_FD)
+        elif s % self.rerank_every == 0:
+            self.rerank(W_dec_FD)
         self.steps_since_refresh += 1
 
-    def per_feature(self, W_dec_FD: Tensor, idx: Tensor | None = None) -> Tensor:
+    @torch.no_grad()
+    def rerank(self, W_dec_FD: Tensor) -> None:
+        """Each feature's nearest row among its listed candidates now: m row-dots of [F, D] (no [F, m, D])."""
+        Wn = unit_rows(W_dec_FD)
+        nbr = self.neighbours_FM
+        best = torch.full((Wn.shape[0],), -1.0, device=Wn.device)
+        arg = torch.zeros(Wn.shape[0], dtype=torch.long, device=Wn.device)
+        for k in range(nbr.shape[1]):
+            c = torch.einsum("fd,fd->f", Wn, Wn.index_select(0, nbr[:, k])).abs_()
+            better = c > best
+            best = torch.where(better, c, best)
+            arg = torch.where(better, k, arg)
+        self.nearest_F = nbr.gather(1, arg[:, None]).squeeze(1)
+
+    def per_feature(self, W_dec_FD: Tensor, idx: Tensor | None = None, unit_norm: bool = False) -> Tensor:
         """The penalty of each feature in `idx` (all when None), differentiable in W_dec."""
         if self.pairs == "all":
             Wn = unit_rows(W_dec_FD)
@@ -120,25 +169,19 @@ class DecoderOrthogonality(LossTerm):
             pen = pen.scatter(1, self_pos[:, None], 0.0)  # not itself
             return pen.sum(dim=1) / (Wn.shape[0] - 1)
         self._tick(W_dec_FD)
-        nbr = self.neighbours_FM if idx is None else self.neighbours_FM[idx]
-        W_A = W_dec_FD if idx is None else W_dec_FD[idx]
-        # which listed neighbour is nearest now: no gradient, m products of [A, D] (no [A, m, D] tensor)
-        with torch.no_grad():
-            An = unit_rows(W_A)
-            best = torch.full((W_A.shape[0],), -1.0, device=W_A.device)
-            arg = torch.zeros(W_A.shape[0], dtype=torch.long, device=W_A.device)
-            Wn = unit_rows(W_dec_FD)
-            for k in range(nbr.shape[1]):
-                c = (An * Wn[nbr[:, k]]).sum(dim=1).abs_()
-                better = c > best
-                best = torch.where(better, c, best)
-                arg = torch.where(better, k, arg)
-            j = nbr.gather(1, arg[:, None]).squeeze(1)
+        j = self.nearest_F if idx is None else self.nearest_F[idx]
         # the gradient of a max flows through its argmax only: one differentiable cosine per feature,
         # reaching both the feature's row and its neighbour's
-        W_B = W_dec_FD[j]
-        cos = (W_A * W_B).sum(dim=1) / (W_A.norm(dim=1) * W_B.norm(dim=1)).clamp_min(1e-12)
-        return self.g(cos)
+        dot = _PairDot.apply(W_dec_FD, idx, j)
+        if unit_norm:
+            # rows are renormalised every step: the norms are constants here (the gradient part they would
+            # add is parallel to each row, which the unit-norm step removes anyway)
+            with torch.no_grad():
+                n_F = W_dec_FD.norm(dim=1)
+        else:
+            n_F = W_dec_FD.norm(dim=1)
+        n_A = n_F if idx is None else n_F[idx]
+        return self.g(dot / (n_A * n_F[j]).clamp_min(1e-12))
 
     def forward(self, x_BD: Tensor, out, sae) -> Tensor:
         W = sae.W_dec
@@ -149,8 +192,8 @@ class DecoderOrthogonality(LossTerm):
                 if self.pairs == "nearest":
                     self._tick(W)
                 return W.sum() * 0.0
-            return self.coef * self.per_feature(W, idx).sum() / F
-        return self.coef * self.per_feature(W).mean()
+            return self.coef * self.per_feature(W, idx, sae.unit_norm).sum() / F
+        return self.coef * self.per_feature(W, None, sae.unit_norm).mean()
 
     @torch.no_grad()
     def exact_nearest(self, W_dec_FD: Tensor) -> Tensor:
