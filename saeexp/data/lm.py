@@ -39,6 +39,8 @@ class LMSource(ActivationSource):
     folder, .gguf file, or `wheel:<package>`. bos: exclude (every window starts with BOS; its position
     is not trained on, not in the input-scale sample, not spliced), include, or none (no BOS).
     harvest_tokens training activations are cached; train.tokens beyond that cycles over them.
+    Training reads chunk_tokens contiguous rows at a time, buffer_chunks of them shuffled together: the
+    buffer (8192 x 16 rows, 300 MB at d_in 576) bounds memory whatever the cache size.
     """
 
     def __init__(self, d_in: int = 576, model: str = "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -49,7 +51,7 @@ class LMSource(ActivationSource):
                  context_size: int = 128, bos: str = "exclude", harvest_tokens: int = 1_000_000,
                  heldout_tokens: int = 16384, ce_tokens: int = 8192, cache_dtype: str = "float32",
                  cache_dir: str = "~/.cache/saeexp", harvest_batch: int = 32, eval_batch: int = 8,
-                 model_eval: bool = True, kl: bool = True, chunk_tokens: int = 16384,
+                 model_eval: bool = True, kl: bool = True, chunk_tokens: int = 8192,
                  buffer_chunks: int = 16, device: str = "cpu"):
         for name, v, lo in (("context_size", context_size, 2), ("harvest_tokens", harvest_tokens, 1),
                             ("heldout_tokens", heldout_tokens, 1), ("ce_tokens", ce_tokens, 0)):
