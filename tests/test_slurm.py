@@ -6,6 +6,7 @@ Every wait has a deadline: subprocess timeouts, and `result_within` for submitit
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -191,14 +192,17 @@ def test_sweep_on_cached_activations_harvests_once_before_the_array(env, tmp_pat
     assert len(entries) == 1, entries  # one cache for the whole sweep
     client, runs = runs_of(env, "lmgrid")
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
-    # the harvest ran as its own SLURM job and ended before any array task started
-    rows = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,JobName,State,Start,End"], env=env,
+    # the harvest ran as its own SLURM job, and the cache was complete before any array task started
+    from datetime import datetime
+
+    rows = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,JobName,State,Start"], env=env,
                           capture_output=True, text=True, timeout=60, check=True).stdout.splitlines()
     rows = [r.split("|") for r in rows]
     tasks = {r.data.tags["slurm_job_id"] for r in runs}
-    harvest = [r for r in rows if r[1] == "saeexp-harvest" and r[2] == "COMPLETED"]
-    array = [r for r in rows if r[0] in tasks]
-    assert harvest and len(array) == 2 and all(harvest[-1][4] <= a[3] for a in array)
+    assert [r[2] for r in rows if r[1] == "saeexp-harvest"] == ["COMPLETED"]
+    array_start = [datetime.fromisoformat(r[3]).timestamp() for r in rows if r[0] in tasks]
+    created = json.loads((entries[0] / "manifest.json").read_text())["created"]
+    assert len(array_start) == 2 and all(created <= t + 1 for t in array_start)  # sacct has 1 s resolution
     logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "runs" / "lmgrid" / ".submitit").rglob("*_log.*")
                    if "harvest" not in str(p))
     assert "waiting for another process building" not in logs and "rebuilding" not in logs

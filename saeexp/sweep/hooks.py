@@ -1,7 +1,7 @@
 """`SweepSetup`, a Hydra callback run once per `saeexp -m` on the submitting host, before any job starts.
 
-It builds the activation cache the sweep's jobs share (one harvest per sweep, never one per job) and warns when
-many SLURM jobs would write one SQLite MLflow store at once.
+It creates the sweep's MLflow experiment (concurrent jobs would race to), builds the activation cache the sweep's
+jobs share (one harvest per sweep, never one per job), and warns when many SLURM jobs would write one SQLite store.
 """
 from __future__ import annotations
 
@@ -22,6 +22,21 @@ def prepare_data(data_cfg: dict) -> dict:
     source = instantiate(OmegaConf.create(data_cfg))
     source.prepare()
     return {"seconds": time.perf_counter() - t0, "describe": source.describe()}
+
+
+def ensure_experiment(tracking_uri: str, name: str) -> str:
+    """Create the sweep's MLflow experiment once, here: jobs that all find it missing race to create it."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:  # created meanwhile by someone else
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def _has_cache(data_cfg) -> bool:
@@ -62,6 +77,7 @@ class SweepSetup(Callback):
         if slurm and uri.startswith("sqlite:"):
             log.warning("MLflow store %s is SQLite: concurrent SLURM jobs may hit 'database is locked'. Start a "
                         "server (scripts/mlflow-server.sh start DIR PORT) and export MLFLOW_TRACKING_URI.", uri)
+        ensure_experiment(uri, str(OmegaConf.select(config, "logger.experiment")))
         mode = ("slurm" if slurm else "host") if self.harvest == "auto" else self.harvest
         if mode == "none" or not _has_cache(config.data):
             return
