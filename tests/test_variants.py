@@ -392,3 +392,22 @@ def test_auxk_revives_dead_latents():
             fired = (sae(x[:4096]).acts_BF[:, 32:] > 0).any(0)
         alive[auxk] = int(fired.sum())
     assert alive[0.0] <= 2 and alive[1 / 32] >= 16, alive
+
+
+def test_batchtopk_sparse_training_path_matches_dense_autograd():
+    torch.manual_seed(0)
+    sae = BatchTopKSAE(16, 64, k=3, auxk=0.0)
+    with torch.no_grad():
+        sae.b_enc.normal_()
+        sae.b_dec.normal_()
+    x = torch.randn(32, 16)
+    out = sae(x)
+    got = torch.autograd.grad(((out.x_hat_BD - x) ** 2).mean(), list(sae.parameters()))
+    p = dict(sae.named_parameters())
+    z = (x - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
+    t = z.detach().flatten().topk(3 * 32).values.min()
+    acts = z * (z >= t) * (z > 0)
+    torch.testing.assert_close(out.acts_BF, acts.detach())
+    ref = torch.autograd.grad(((acts @ p["W_dec"] + p["b_dec"] - x) ** 2).mean(), list(sae.parameters()))
+    for name, a, b in zip(p, got, ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saeexp.sae.base import SAEOutput
-from saeexp.sae.topk import TopKSAE
+from saeexp.sae.topk import SparseActs, TopKSAE
 
 SAMPLE = 1 << 17  # subsample size for the first guess
 
@@ -52,17 +52,22 @@ class BatchTopKSAE(TopKSAE):
         self.threshold_momentum = float(threshold_momentum)
         self.register_buffer("threshold", torch.tensor(-1.0))
 
-    def activation(self, pre_BF: Tensor) -> Tensor:
+    def _cut(self, pre_BF: Tensor) -> float:
+        """Keep z > cut: the (k * B)-th largest z (in training; its next float down in z's dtype, so that it is
+        kept), or the estimated threshold (eval). Fewer than k * B positive values: cut 0, a ReLU."""
         if self.training or self.threshold < 0:
             t = kth_largest(pre_BF.detach(), self.k * pre_BF.shape[0])
             if self.training:
                 self._update_threshold(t)
-            # keep z >= t: strictly above the next float down in z's dtype; t <= 0 (fewer than k * B positive
-            # values): ReLU
-            cut = float(torch.nextafter(t, t.new_tensor(-math.inf))) if t > 0 else 0.0
-        else:
-            cut = float(self.threshold)
-        return F.threshold(pre_BF, cut, 0.0)  # z where z > cut, else 0; backward one masked pass
+            return float(torch.nextafter(t, t.new_tensor(-math.inf))) if t > 0 else 0.0
+        return float(self.threshold)
+
+    def activation(self, pre_BF: Tensor) -> Tensor:
+        return F.threshold(pre_BF, self._cut(pre_BF), 0.0)  # z where z > cut, else 0
+
+    def _select(self, z_BF: Tensor) -> SparseActs:
+        b_N, f_N = (z_BF > self._cut(z_BF)).nonzero(as_tuple=True)  # token-major, as the decoder needs
+        return SparseActs(b_N, f_N, z_BF[b_N, f_N], tuple(z_BF.shape))
 
     @torch.no_grad()
     def _update_threshold(self, t: Tensor) -> None:
@@ -71,10 +76,8 @@ class BatchTopKSAE(TopKSAE):
         self.threshold.copy_(torch.where(first, t, torch.lerp(t, self.threshold, self.threshold_momentum)))
 
     def forward(self, x_BD: Tensor) -> SAEOutput:
+        if self.training:  # sparse, as TopK: about k * B active entries
+            return super().forward(x_BD)
         pre_BF = self.encode_pre(x_BD)
         acts_BF = self.activation(pre_BF)
-        x_hat_BD = self.decode(acts_BF)
-        out = SAEOutput(x_hat_BD, acts_BF, pre_BF)
-        if self.training and self.auxk > 0:
-            out.aux_losses["auxk"] = self.auxk * self.auxk_loss(x_BD, x_hat_BD)
-        return out
+        return SAEOutput(self.decode(acts_BF), acts_BF, pre_BF)

@@ -19,88 +19,101 @@ from saeexp.errors import ConfigError
 from saeexp.sae.base import SAE, SAEOutput
 
 
-def _scatter_rows(idx_BK: Tensor, w_BK: Tensor, rows_BD: Tensor, n_rows: int) -> Tensor:
-    """G [n_rows, D] with G[idx[b, j]] += w[b, j] * rows[b]: a sparse [n_rows, B] matrix times rows.
+def _scatter_rows(f_N: Tensor, b_N: Tensor, w_N: Tensor, rows_BD: Tensor, n_rows: int) -> Tensor:
+    """G [n_rows, D] with G[f_n] += w_n * rows[b_n]: a sparse [n_rows, B] matrix times rows.
 
-    (A weight gradient of the sparse decode or encode; as an unsorted COO product it is about twice as fast
+    (The weight gradient of the sparse decode or encode; as an unsorted COO product it is about twice as fast
     on a CPU as embedding_bag's own backward, which sorts the indices first.)
     """
-    B, K = idx_BK.shape
-    b_N = torch.arange(B, device=idx_BK.device).repeat_interleave(K)
-    A = torch.sparse_coo_tensor(torch.stack([idx_BK.reshape(-1), b_N]), w_BK.reshape(-1), (n_rows, B),
-                                check_invariants=False)
+    A = torch.sparse_coo_tensor(torch.stack([f_N, b_N]), w_N, (n_rows, rows_BD.shape[0]), check_invariants=False)
     return torch.sparse.mm(A, rows_BD)
 
 
-class _SparseDecode(torch.autograd.Function):
-    """y[b] = sum_j vals[b, j] * W[idx[b, j]] (an embedding bag), with the sparse backward above for W."""
+class SparseActs:
+    """Active entries of a [B, F] activation matrix, token-major: token b_N[n], feature f_N[n], value vals_N[n]."""
+
+    def __init__(self, b_N: Tensor, f_N: Tensor, vals_N: Tensor, shape: tuple[int, int]):
+        self.b_N, self.f_N, self.vals_N, self.shape = b_N, f_N, vals_N, shape
+        counts_B = torch.bincount(b_N, minlength=shape[0])
+        self.offsets_B = counts_B.cumsum(0) - counts_B  # where each token's entries start
+
+    @classmethod
+    def from_topk(cls, vals_BK: Tensor, idx_BK: Tensor, n_features: int) -> SparseActs:
+        B, K = idx_BK.shape
+        b_N = torch.arange(B, device=idx_BK.device).repeat_interleave(K)
+        return cls(b_N, idx_BK.reshape(-1), vals_BK.reshape(-1), (B, n_features))
+
+    def dense(self) -> Tensor:
+        return torch.zeros(self.shape, dtype=self.vals_N.dtype, device=self.vals_N.device).index_put_(
+            (self.b_N, self.f_N), self.vals_N.detach())
+
+
+class _SparseEncode(torch.autograd.Function):
+    """ReLU of pre-activations picked at (b_N, f_N) of z = x @ W_enc + b; gradient only through those entries.
+
+    z itself is computed without autograd (the selection needs all of it, the gradient only the picks), so
+    the backward is a sparse product for W_enc and a scatter for b, instead of dense [B, F] products.
+    """
 
     @staticmethod
-    def forward(ctx, vals_BK: Tensor, idx_BK: Tensor, W_FD: Tensor):
-        ctx.set_materialize_grads(False)  # unused outputs: None, not [B, F] zeros
-        B, K = idx_BK.shape
-        idx_N, offsets_B = idx_BK.reshape(-1), torch.arange(0, B * K, K, device=idx_BK.device)
-        y_BD, offset2bag, _, _ = torch.ops.aten._embedding_bag(W_FD, idx_N, offsets_B, False, 0, False,
-                                                               vals_BK.reshape(-1))
-        ctx.save_for_backward(vals_BK, idx_BK, W_FD, offsets_B, offset2bag)
+    def forward(ctx, x_BD: Tensor, W_enc_DF: Tensor, b_F: Tensor, picked_N: Tensor, b_N: Tensor, f_N: Tensor):
+        ctx.set_materialize_grads(False)
+        vals_N = picked_N.relu()
+        ctx.save_for_backward(x_BD, W_enc_DF, vals_N, b_N, f_N)
+        return vals_N
+
+    @staticmethod
+    def backward(ctx, g_N: Tensor):
+        if g_N is None:
+            return (None,) * 6
+        x_BD, W_enc_DF, vals_N, b_N, f_N = ctx.saved_tensors
+        g_N = g_N * (vals_N > 0)
+        F_ = W_enc_DF.shape[1]
+        g_x = g_W = g_b = None
+        if ctx.needs_input_grad[0]:
+            g_x = torch.zeros_like(x_BD).index_add_(0, b_N, g_N[:, None] * W_enc_DF.t()[f_N])
+        if ctx.needs_input_grad[1]:
+            g_W = _scatter_rows(f_N, b_N, g_N, x_BD, F_).t()
+        if ctx.needs_input_grad[2]:
+            g_b = torch.zeros(F_, dtype=g_N.dtype, device=g_N.device).index_add_(0, f_N, g_N)
+        return g_x, g_W, g_b, None, None, None
+
+
+class _SparseDecode(torch.autograd.Function):
+    """y[b] = sum over token b's entries of vals_n * W[f_n] (an embedding bag), with a sparse backward for W."""
+
+    @staticmethod
+    def forward(ctx, vals_N: Tensor, f_N: Tensor, b_N: Tensor, offsets_B: Tensor, W_FD: Tensor):
+        ctx.set_materialize_grads(False)
+        y_BD = torch.ops.aten._embedding_bag(W_FD, f_N, offsets_B, False, 0, False, vals_N)[0]
+        ctx.save_for_backward(vals_N, f_N, b_N, offsets_B, W_FD)
         return y_BD
 
     @staticmethod
     def backward(ctx, g_BD: Tensor):
-        vals_BK, idx_BK, W_FD, offsets_B, offset2bag = ctx.saved_tensors
+        if g_BD is None:
+            return (None,) * 5
+        vals_N, f_N, b_N, offsets_B, W_FD = ctx.saved_tensors
         g_vals = g_W = None
         g_BD = g_BD.contiguous()
-        if ctx.needs_input_grad[0]:  # g_vals[b, j] = g[b] . W[idx[b, j]]
-            g_vals = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-                g_BD, W_FD, idx_BK.reshape(-1), offsets_B, offset2bag, 0).view_as(vals_BK)
-        if ctx.needs_input_grad[2]:
-            g_W = _scatter_rows(idx_BK, vals_BK, g_BD, W_FD.shape[0])
-        return g_vals, None, g_W
-
-
-class _TopKEncode(torch.autograd.Function):
-    """z = x @ W_enc + b (dense), then the k largest per row, ReLU'd; backward only through the kept entries."""
-
-    @staticmethod
-    def forward(ctx, x_BD: Tensor, W_enc_DF: Tensor, b_F: Tensor, k: int):
-        ctx.set_materialize_grads(False)  # unused outputs: None, not [B, F] zeros
-        z_BF = torch.addmm(b_F, x_BD, W_enc_DF)
-        vals_BK, idx_BK = z_BF.topk(k, dim=1, sorted=False)
-        vals_BK.relu_()
-        ctx.save_for_backward(x_BD, W_enc_DF, vals_BK, idx_BK)
-        ctx.mark_non_differentiable(idx_BK, z_BF)
-        return vals_BK, idx_BK, z_BF
-
-    @staticmethod
-    def backward(ctx, g_vals_BK: Tensor, _g_idx, _g_z):
-        if g_vals_BK is None:
-            return None, None, None, None
-        x_BD, W_enc_DF, vals_BK, idx_BK = ctx.saved_tensors
-        g_BK = g_vals_BK * (vals_BK > 0)
-        F_ = W_enc_DF.shape[1]
-        g_x = g_W = g_b = None
-        if ctx.needs_input_grad[0]:
-            g_x = F.embedding_bag(idx_BK, W_enc_DF.t().contiguous(), per_sample_weights=g_BK, mode="sum")
-        if ctx.needs_input_grad[1]:
-            g_W = _scatter_rows(idx_BK, g_BK, x_BD, F_).t()
-        if ctx.needs_input_grad[2]:
-            g_b = torch.zeros(F_, dtype=g_BK.dtype, device=g_BK.device).index_add_(0, idx_BK.reshape(-1),
-                                                                                  g_BK.reshape(-1))
-        return g_x, g_W, g_b, None
+        if ctx.needs_input_grad[0]:  # g_vals[n] = g[b_n] . W[f_n]  (b_N is what embedding_bag calls offset2bag)
+            g_vals = torch.ops.aten._embedding_bag_per_sample_weights_backward(g_BD, W_FD, f_N, offsets_B, b_N, 0)
+        if ctx.needs_input_grad[4]:
+            g_W = _scatter_rows(f_N, b_N, vals_N, g_BD, W_FD.shape[0])
+        return g_vals, None, None, None, g_W
 
 
 class _SparseActsOutput(SAEOutput):
-    """SAEOutput whose dense acts_BF is built from the kept (index, value) pairs only when someone reads it."""
+    """SAEOutput whose dense acts_BF is built from the active entries only when someone reads it."""
 
-    def __init__(self, x_hat_BD, idx_BK, vals_BK, pre_BF, aux_losses=None, extras=None):
-        self._dense, self._idx, self._vals = None, idx_BK, vals_BK
-        super().__init__(x_hat_BD, None, pre_BF, aux_losses or {}, {**(extras or {}),
-                                                                    "topk_idx_BK": idx_BK, "topk_vals_BK": vals_BK})
+    def __init__(self, x_hat_BD, sparse: SparseActs, pre_BF, aux_losses=None, extras=None):
+        self._dense, self.sparse = None, sparse
+        super().__init__(x_hat_BD, None, pre_BF, aux_losses or {}, extras or {})
 
     @property
     def acts_BF(self) -> Tensor:
         if self._dense is None:
-            self._dense = torch.zeros_like(self.pre_BF).scatter_(1, self._idx, self._vals.detach())
+            self._dense = self.sparse.dense()
         return self._dense
 
     @acts_BF.setter
@@ -111,8 +124,8 @@ class _SparseActsOutput(SAEOutput):
 class TopKSAE(SAE):
     """TopK SAE. Parameters as the standard SAE: W_enc [D, F], b_enc [F], W_dec [F, D], b_dec [D].
 
-    `out.acts_BF` is dense (built on first read, detached: no penalty applies); `extras["topk_idx_BK"]`,
-    `extras["topk_vals_BK"]` are the kept features. `out.aux_losses["auxk"]` is AuxK (training mode only).
+    `out.acts_BF` is dense (built on first read, detached: no penalty applies); `out.sparse` (`SparseActs`)
+    holds the kept entries. `out.aux_losses["auxk"]` is AuxK (training mode only).
     """
 
     accepts_penalty = False  # sparsity is structural: L1/L0 are refused
@@ -134,19 +147,31 @@ class TopKSAE(SAE):
     def _b_eff(self) -> Tensor:
         return self.b_enc - self.b_dec @ self.W_enc  # (x - b_dec) W + b = x W + (b - b_dec W)
 
-    def sparse_decode(self, idx_BK: Tensor, vals_BK: Tensor, bias: bool = True) -> Tensor:
-        """sum_j vals[b, j] * W_dec[idx[b, j]] (+ b_dec): the decoder on the kept features only."""
-        y_BD = _SparseDecode.apply(vals_BK, idx_BK, self.W_dec)
+    def sparse_encode(self, x_BD: Tensor, W_DF: Tensor, b_F: Tensor, select) -> tuple[SparseActs, Tensor]:
+        """Pre-activations z = x W + b (no autograd), `select(z)` -> SparseActs of picks, which get the gradient."""
+        with torch.no_grad():
+            z_BF = torch.addmm(b_F, x_BD, W_DF)
+        sp = select(z_BF)
+        sp.vals_N = _SparseEncode.apply(x_BD, W_DF, b_F, sp.vals_N, sp.b_N, sp.f_N)
+        return sp, z_BF
+
+    def sparse_decode(self, sp: SparseActs, f_N: Tensor | None = None, bias: bool = True) -> Tensor:
+        """Decoder on the active entries only (features f_N, default sp.f_N), + b_dec."""
+        y_BD = _SparseDecode.apply(sp.vals_N, sp.f_N if f_N is None else f_N, sp.b_N, sp.offsets_B, self.W_dec)
         return y_BD + self.b_dec if bias else y_BD
+
+    def _select(self, z_BF: Tensor) -> SparseActs:
+        vals_BK, idx_BK = z_BF.topk(self.k, dim=1, sorted=False)
+        return SparseActs.from_topk(vals_BK, idx_BK, z_BF.shape[1])
 
     def activation(self, pre_BF: Tensor) -> Tensor:
         vals_BK, idx_BK = pre_BF.topk(self.k, dim=1, sorted=False)
         return torch.zeros_like(pre_BF).scatter_(1, idx_BK, vals_BK.relu())
 
     def forward(self, x_BD: Tensor) -> SAEOutput:
-        vals_BK, idx_BK, pre_BF = _TopKEncode.apply(x_BD, self.W_enc, self._b_eff(), self.k)
-        x_hat_BD = self.sparse_decode(idx_BK, vals_BK)
-        out = _SparseActsOutput(x_hat_BD, idx_BK, vals_BK, pre_BF)
+        sp, pre_BF = self.sparse_encode(x_BD, self.W_enc, self._b_eff(), self._select)
+        x_hat_BD = self.sparse_decode(sp)
+        out = _SparseActsOutput(x_hat_BD, sp, pre_BF)
         if self.training and self.auxk > 0:
             out.aux_losses["auxk"] = self.auxk * self.auxk_loss(x_BD, x_hat_BD)
         return out
@@ -162,8 +187,12 @@ class TopKSAE(SAE):
         W_DN = self.W_enc.index_select(1, dead_N)
         b_N = self.b_enc[dead_N] - self.b_dec @ W_DN
         if 8 * k_aux < dead_N.numel():  # few kept per token: sparse, as the main path
-            vals_BK, j_BK, _ = _TopKEncode.apply(x_BD, W_DN, b_N, k_aux)
-            e_hat_BD = self.sparse_decode(dead_N[j_BK], vals_BK, bias=False)
+            def select(z_BN):
+                vals_BK, j_BK = z_BN.topk(k_aux, dim=1, sorted=False)
+                return SparseActs.from_topk(vals_BK, j_BK, z_BN.shape[1])
+
+            sp, _ = self.sparse_encode(x_BD, W_DN, b_N, select)
+            e_hat_BD = self.sparse_decode(sp, f_N=dead_N[sp.f_N], bias=False)
         else:  # a large share of few columns: small dense products are cheaper than gathers
             z_BN = torch.addmm(b_N, x_BD, W_DN)
             vals_BK, j_BK = z_BN.topk(k_aux, dim=1, sorted=False)
