@@ -170,3 +170,37 @@ def test_one_override_adds_the_term_alongside_the_penalty(option, tmp_path):
     assert ortho.coef == 0.25 and ortho.pairs == ("all" if option == "all" else "nearest")
     assert ortho.features == ("active" if option == "active" else "all")
     assert "ortho" not in [p.name for p in build(compose_cfg(["model.d_sae=64"], run_dir=tmp_path))[2]]
+
+
+def test_dec_mmcs_is_logged_during_training(tmp_path, one_thread):
+    import lightning as L
+    from hydra.utils import instantiate
+    from lightning.pytorch.loggers import Logger
+
+    from saeexp.train.datamodule import ActivationDataModule
+    from saeexp.train.module import DEC_MMCS_EVERY_LOGS, SAEModule
+    from saeexp.train.run import build
+
+    cfg = compose_cfg(["model.d_sae=32", "train.tokens=6144", "train.batch_size=256", "ortho=nearest"],
+                      run_dir=tmp_path)
+    source, sae, penalties, resampler, batch_size, steps = build(cfg)
+    module = SAEModule(sae, penalties, instantiate(cfg.optimizer), total_steps=steps, log_every=1)
+    seen = []
+
+    class Capture(Logger):
+        name, version = "capture", 0
+
+        def log_metrics(self, metrics, step=None):
+            if "train/dec_mmcs" in metrics:
+                seen.append((step, metrics["train/dec_mmcs"]))
+
+        def log_hyperparams(self, *args, **kwargs):
+            pass
+
+    trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=Capture(), enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1)
+    trainer.fit(module, datamodule=ActivationDataModule(source, batch_size, cfg.seed))
+    # Lightning re-sends the last value at every step; a fresh one appears every 10th log step and at the end
+    fresh = [s for i, (s, v) in enumerate(seen) if i == 0 or v != seen[i - 1][1]]
+    assert fresh == [0, DEC_MMCS_EVERY_LOGS, 2 * DEC_MMCS_EVERY_LOGS, steps - 1]
+    assert seen[-1][1] == pytest.approx(decoder_mmcs(sae.W_dec.detach()).mean().item(), abs=0.05)

@@ -7,8 +7,11 @@ from torch import Tensor, nn
 
 from saeexp.losses.base import LossTerm
 from saeexp.losses.recon import MSE
-from saeexp.metrics import batch_metrics
+from saeexp.metrics import batch_metrics, decoder_mmcs
 from saeexp.sae.base import SAE
+
+
+DEC_MMCS_EVERY_LOGS = 10  # train/dec_mmcs is logged at every 10th log step (and the last step)
 
 
 def linear_ramp(step: int, warmup_steps: int) -> float:
@@ -79,6 +82,10 @@ class SAEModule(L.LightningModule):
         logs.update({f"train/{k}": v for k, v in batch_metrics(x_BD, out.x_hat_BD.detach(), out.acts_BF).items()})
         logs["train/dead_frac"] = self.sae.dead_mask(self.dead_window_tokens).float().mean()
         logs["train/lr"] = torch.tensor(self.optimizers().param_groups[0]["lr"])
+        step = self.global_step
+        if (step // self.log_every) % DEC_MMCS_EVERY_LOGS == 0 or step == self.total_steps - 1:
+            # decoder geometry: d_sae^2 * d_in FLOPs (about one step's at width 16384), so every 10th log only
+            logs["train/dec_mmcs"] = decoder_mmcs(self.sae.W_dec.detach()).mean()
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=x_BD.shape[0])
         self.log_dict({"L0": logs["train/l0"], "FVU": logs["train/fvu"]}, prog_bar=True, logger=False,
                       on_step=True, on_epoch=False, batch_size=x_BD.shape[0])
