@@ -80,7 +80,9 @@ class JumpReLUSAE(SAE):
     pre-activations are sqrt(d_in) times larger): bandwidth and initial threshold 0.001 * sqrt(d_in).
     Raw theta is the default: under Adam a parameter moves about lr per step whatever its scale, so log(theta)
     moves theta by a factor (1 +- lr) per step, far slower than the lr-sized absolute steps theta needs.
-    Raw theta is kept positive by a floor applied in forward with a straight-through gradient.
+    Raw theta is kept positive by a floor applied in forward with a straight-through gradient. theta is
+    used, and z - theta compared, in fp32; keep the parameter fp32 (bf16 autocast does; casting the SAE to
+    bf16 would round theta's lr-sized updates away).
     """
 
     provides_l0 = True  # extras["l0"] carries the STE count that `loss=l0` penalises
