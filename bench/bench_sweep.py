@@ -33,7 +33,8 @@ def main() -> None:
     common = [f"model.d_sae={a.d_sae}", f"train.tokens={a.tokens}", "train.batch_size=4096"]
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         tmp = Path(tmp)
-        with slurm_cluster(tmp / "slurm", a.port_base) as slurm_env, mlflow_server(tmp / "mlflow", a.mlflow_port) as uri:
+        with slurm_cluster(tmp / "slurm", a.port_base) as slurm_env, \
+                mlflow_server(tmp / "mlflow", a.mlflow_port) as uri:
             env = {**os.environ, **slurm_env, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}
             direct = []
             for c in coefs:

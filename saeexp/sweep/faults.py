@@ -1,4 +1,6 @@
-"""Fault injection for testing sweeps: `+callbacks.fault._target_=saeexp.sweep.faults.FaultAt +callbacks.fault.kind=raise`.
+"""Fault injection for testing sweeps.
+
+    +callbacks.fault._target_=saeexp.sweep.faults.FaultAt +callbacks.fault.kind=raise
 
 `kind=raise` raises inside training (the job marks its MLflow run FAILED with the reason); `kind=kill` SIGKILLs
 its own process, as the out-of-memory killer would (the run cannot mark itself: saeexp-pareto reconciles it);

@@ -91,5 +91,6 @@ def table(points: list[Point]) -> str:
     widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head] + rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    legend = "frontier: F = on the variant's L0-FVU frontier" + (", C = on its L0-CE-recovered frontier" if has_ce else "")
+    legend = "frontier: F = on the variant's L0-FVU frontier"
+    legend += ", C = on its L0-CE-recovered frontier" if has_ce else ""
     return "\n".join(lines + [legend])

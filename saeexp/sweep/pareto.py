@@ -33,8 +33,9 @@ def read_runs(client, experiment_id: str) -> tuple[list[dict], dict[str, int]]:
         if r.info.status != "FINISHED" or L0 not in m or FVU not in m:
             continue
         t = r.data.tags
-        runs.append({"run_id": r.info.run_id, "variant": t.get("variant", "?"), "coefficient": t.get("coefficient", "?"),
-                     "width": t.get("width", "?"), "metrics": {k: v for k, v in m.items() if k.startswith("final/")}})
+        runs.append({"run_id": r.info.run_id, "variant": t.get("variant", "?"),
+                     "coefficient": t.get("coefficient", "?"), "width": t.get("width", "?"),
+                     "metrics": {k: v for k, v in m.items() if k.startswith("final/")}})
     return runs, counts
 
 

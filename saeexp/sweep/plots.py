@@ -60,7 +60,8 @@ def _svg_panel(by_variant, y, label, w=560, h=400, pad=60) -> str:
     out = [f'<svg width="{w}" height="{h}" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="12">',
            f'<rect x="{pad}" y="{pad}" width="{w - 2 * pad}" height="{h - 2 * pad}" fill="none" stroke="#999"/>',
            f'<text x="{w / 2}" y="{h - 15}" text-anchor="middle">L0 (log scale)</text>',
-           f'<text x="15" y="{h / 2}" text-anchor="middle" transform="rotate(-90 15 {h / 2})">{html.escape(label)}</text>']
+           f'<text x="15" y="{h / 2}" text-anchor="middle" transform="rotate(-90 15 {h / 2})">'
+           f'{html.escape(label)}</text>']
     for k in range(5):  # axis ticks
         lx, ly = x0 + k * (x1 - x0) / 4, y0 + k * (y1 - y0) / 4
         out.append(f'<text x="{X(10 ** lx):.1f}" y="{h - pad + 15}" text-anchor="middle">{10 ** lx:.3g}</text>')
@@ -94,7 +95,8 @@ def interactive_html(by_variant: dict[str, list[Point]], path: Path, title: str)
                      for i, v in enumerate(sorted(by_variant)))
     panels = "".join(_svg_panel(by_variant, y, label) for y, label in _panels(points))
     data = json.dumps([{"variant": p.variant, "coefficient": p.coefficient, "width": p.width, "seeds": p.n,
-                        "mean": p.mean, "sd": p.sd, "frontier": p.frontier, "run_ids": p.run_ids} for p in points]).replace("</", "<\\/")
+                        "mean": p.mean, "sd": p.sd, "frontier": p.frontier, "run_ids": p.run_ids} for p in points])
+    data = data.replace("</", "<\\/")  # JSON inside <script>: no closing tag may end it early
     script = ("document.querySelectorAll('input[data-variant]').forEach(b => b.addEventListener('change', () => "
               "document.querySelectorAll('g.v').forEach(g => { if (g.dataset.variant === b.dataset.variant) "
               "g.style.display = b.checked ? '' : 'none'; })));")

@@ -53,7 +53,8 @@ class PreemptionCheckpoint(Callback):
     def on_train_start(self, trainer, module) -> None:
         if trainer.global_step > 0 and trainer.logger is not None:  # resumed from a checkpoint: say from where
             print(f"saeexp: resumed at step {trainer.global_step}", flush=True)
-            trainer.logger.experiment.set_tag(trainer.logger.run_id, "saeexp.resumed_at_step", str(trainer.global_step))
+            client, run_id = trainer.logger.experiment, trainer.logger.run_id
+            client.set_tag(run_id, "saeexp.resumed_at_step", str(trainer.global_step))
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if not self.received or trainer.should_stop:
