@@ -142,12 +142,18 @@ def test_state_round_trips_through_the_state_dict():
     assert torch.equal(fresh.reservoir_ND, rs.reservoir_ND)
 
 
-def test_gated_encoder_rows_are_found():
+def test_gated_encoder_rows_are_found_and_a_missing_one_is_refused():
+    from saeexp.errors import ConfigError
     from saeexp.sae import GatedSAE
 
     sae = GatedSAE(8, 16)
     for name, dim in encoder_rows(sae):
         assert getattr(sae, name).shape[dim] == 16
+    AnthropicResampler().validate(sae)
+    relu = ReLUSAE(8, 16)
+    relu.encoder_rows = (("W_enc", 1), ("b_missing", 0))
+    with pytest.raises(ConfigError, match="b_missing"):
+        AnthropicResampler().validate(relu)
 
 
 def _fit(cfg, steps_cb=None):

@@ -128,6 +128,14 @@ class AnthropicResampler(nn.Module):
             self.reservoir_ND = torch.empty_like(state_dict[key], device=self.reservoir_ND.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def validate(self, sae) -> None:
+        """Raise ConfigError when `sae` lacks the parameters a resample rewrites (checked before training)."""
+        for name, dim in (("W_dec", 0), *encoder_rows(sae)):
+            p = getattr(sae, name, None)
+            if not isinstance(p, Tensor) or p.ndim <= dim or p.shape[dim] != sae.d_sae:
+                raise ConfigError(f"resampler=anthropic on {type(sae).__name__}: no parameter {name!r} with "
+                                  f"features along dim {dim}; list the encoder's as `encoder_rows` on the class")
+
     # --- the three calls the training module makes ----------------------------------------------------
     def points(self, total_steps: int) -> list[int]:
         """Steps (counted as optimiser steps done) at which to resample."""

@@ -57,6 +57,8 @@ def build(cfg: DictConfig, source=None):
         raise ConfigError(f"model={type(sae).__name__} with no sparsity penalty: it would learn no sparsity; "
                           "pick loss=l1 (or another penalty)")
     resampler = make(cfg.resampler) if cfg.get("resampler") and cfg.resampler.get("_target_") else None
+    if resampler is not None and hasattr(resampler, "validate"):
+        resampler.validate(sae)
     return source, sae, penalties, resampler, batch_size, steps
 
 
