@@ -151,6 +151,7 @@ def test_unknown_hook_lists_nearest_names(smol, tmp_path):
     with pytest.raises(ConfigError, match="data.hook='blocks.3.resid_pre'.*nearest"):
         src.prepare()
     assert not list((tmp_path / "activations").glob("*/manifest.json"))
+    assert not list((tmp_path / "activations").glob("*.tmp*"))  # a refused build leaves nothing behind
 
 
 def test_missing_and_empty_corpus_say_which(smol, tmp_path):

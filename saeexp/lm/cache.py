@@ -109,7 +109,11 @@ def ensure(root: Path, key: dict, build: Callable[[Path], dict], what: str = "ca
         tmp = root / f"{folder.name}.tmp{os.getpid()}"
         tmp.mkdir(parents=True)
         t0 = time.time()
-        info = build(tmp)
+        try:
+            info = build(tmp)
+        except BaseException:  # a refused config or an interrupt: leave no partial build behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         for p in tmp.iterdir():  # data on disk before the entry becomes visible
             with open(p, "rb") as f:
                 os.fsync(f.fileno())

@@ -68,8 +68,12 @@ def harvest(bridge, hook: str, windows_WT: np.ndarray, first: int, writer: NpyWr
         for i in range(0, n, batch_windows):
             ids = torch.from_numpy(windows_WT[i:i + batch_windows]).long()
             bridge(ids, return_type=None, stop_at_layer=stop)
-            act = got.pop()[:, first:, :]
+            act = got.pop()
             got.clear()
+            if act.dim() != 3:
+                raise ConfigError(f"data.hook={hook!r} gives activations of shape {tuple(act.shape)}; expected "
+                                  "[batch, position, width] (a residual, MLP or attention-output hook)")
+            act = act[:, first:, :]
             if act.shape[-1] != d_in:
                 raise ConfigError(f"data.d_in={d_in}, but hook {hook!r} gives activations of width "
                                   f"{act.shape[-1]}")

@@ -54,9 +54,11 @@ def resolve_weights(model: str, weights: str | None, cache_dir: Path) -> Weights
     if weights is None:
         from huggingface_hub import snapshot_download
 
+        files = ["*.json", "*.model", "*.txt", "*.tiktoken"]
         try:
-            folder = Path(snapshot_download(model, allow_patterns=["*.json", "*.safetensors", "*.model",
-                                                                  "*.txt", "*.tiktoken"]))
+            folder = Path(snapshot_download(model, allow_patterns=files + ["*.safetensors"]))
+            if not list(folder.glob("*.safetensors")):  # an older repo with PyTorch pickles only
+                folder = Path(snapshot_download(model, allow_patterns=files + ["*.bin"]))
         except Exception as e:  # offline, no such repo, no network: one actionable line
             raise ConfigError(
                 f"data.model={model!r}: cannot be fetched from the Hugging Face hub ({type(e).__name__}); "
