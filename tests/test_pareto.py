@@ -52,11 +52,16 @@ def test_frontier_pools_seeds_and_matches_hand_computation():
     _check(points)
 
 
+_CLIENTS: dict = {}
+
+
 def _log_run(uri: str, experiment: str, key: tuple, values: tuple) -> str:
     """One training-like run: tags as train sets them, a few step metrics, final metrics (runs in a subprocess)."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(uri)
+    if uri not in _CLIENTS:  # one client per store: opening a SQLite store checks its schema each time
+        _CLIENTS[uri] = MlflowClient(uri)
+    client = _CLIENTS[uri]
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else _create(client, experiment)
     v, c, w, s = key
