@@ -82,7 +82,7 @@ class DecoderOrthogonality(LossTerm):
 
     name = "ortho"
 
-    def __init__(self, coef: float = 0.01, pairs: str = "nearest", features: str = "all",
+    def __init__(self, coef: float = 0.1, pairs: str = "nearest", features: str = "all",
                  similarity: str = "abs", margin: float = 0.0, neighbours: int = 8, refresh_every: int = 100,
                  rerank_every: int = 10, block: int = 4096):
         super().__init__(coef)
