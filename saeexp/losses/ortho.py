@@ -49,32 +49,25 @@ def nearest_neighbours(W_FD: Tensor, m: int, block: int = 4096) -> Tensor:
 
 
 class _PairDot(torch.autograd.Function):
-    """dot_A = W[a] . W[j] for rows a (all when None) and partners j; backward adds into both rows in place.
+    """dot_F = W[f] . W[j[f]] for every row f; backward adds into both rows of each pair.
 
-    Autograd's version of this gathers, multiplies and scatters through three extra [F, D] temporaries; here
-    the backward is one product and one index_add per side.
+    Autograd's version gathers, multiplies and scatters through three extra [F, D] temporaries; here the
+    backward is two products and one index_add.
     """
 
     @staticmethod
-    def forward(ctx, W_FD: Tensor, a: Tensor | None, j: Tensor):
-        W_A = W_FD if a is None else W_FD.index_select(0, a)
-        W_J = W_FD.index_select(0, j)
-        ctx.save_for_backward(W_FD, a if a is not None else torch.empty(0, dtype=torch.long), j, W_J)
-        ctx.all_rows = a is None
-        return torch.einsum("ad,ad->a", W_A, W_J)
+    def forward(ctx, W_FD: Tensor, j_F: Tensor):
+        W_J = W_FD.index_select(0, j_F)
+        ctx.save_for_backward(W_FD, j_F, W_J)
+        return torch.einsum("fd,fd->f", W_FD, W_J)
 
     @staticmethod
-    def backward(ctx, g_A: Tensor):
-        W_FD, a, j, W_J = ctx.saved_tensors
-        g = g_A[:, None]
-        if ctx.all_rows:
-            grad = W_J * g  # d/dW[a] of W[a] . W[j], a = every row
-            grad.index_add_(0, j, W_FD * g)
-        else:
-            grad = torch.zeros_like(W_FD)
-            grad.index_add_(0, a, W_J * g)
-            grad.index_add_(0, j, W_FD.index_select(0, a) * g)
-        return grad, None, None
+    def backward(ctx, g_F: Tensor):
+        W_FD, j_F, W_J = ctx.saved_tensors
+        g = g_F[:, None]
+        grad = W_J * g  # d/dW[f] of W[f] . W[j[f]]
+        grad.index_add_(0, j_F, W_FD * g)  # d/dW[j[f]]
+        return grad, None
 
 
 class DecoderOrthogonality(LossTerm):
@@ -104,7 +97,13 @@ class DecoderOrthogonality(LossTerm):
         # the list an uninterrupted one would (recomputing it from resumed weights would not be the same)
         self.register_buffer("neighbours_FM", torch.zeros(0, 0, dtype=torch.long))
         self.register_buffer("nearest_F", torch.zeros(0, dtype=torch.long))  # nearest listed row, per feature
-        self.register_buffer("steps_since_refresh", torch.tensor(-1, dtype=torch.long))  # -1: never built
+        self.steps_since_refresh = -1  # -1: never built; a Python int (no device sync per step), saved below
+
+    def get_extra_state(self) -> dict:
+        return {"steps_since_refresh": self.steps_since_refresh}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.steps_since_refresh = int(state["steps_since_refresh"])
 
     def validate(self, sae) -> None:
         if sae.d_sae < 2:
@@ -128,7 +127,7 @@ class DecoderOrthogonality(LossTerm):
     def refresh(self, W_dec_FD: Tensor) -> None:
         """Recompute every feature's neighbour list from the current decoder (and its nearest among them)."""
         self.neighbours_FM = nearest_neighbours(W_dec_FD, self.m, self.block)
-        self.steps_since_refresh.zero_()
+        self.steps_since_refresh = 0
         self.rerank(W_dec_FD)
 
     def _tick(self, W_dec_FD: Tensor) -> None:
@@ -137,7 +136,7 @@ class DecoderOrthogonality(LossTerm):
             if self.neighbours_FM.shape[0] != W_dec_FD.shape[0]:
                 self.refresh(W_dec_FD)
             return
-        s = int(self.steps_since_refresh)
+        s = self.steps_since_refresh
         if s < 0 or s >= self.refresh_every or self.neighbours_FM.shape[0] != W_dec_FD.shape[0]:
             self.refresh(W_dec_FD)
         elif s % self.rerank_every == 0:
@@ -158,21 +157,18 @@ class DecoderOrthogonality(LossTerm):
             arg = torch.where(better, k, arg)
         self.nearest_F = nbr.gather(1, arg[:, None]).squeeze(1)
 
-    def per_feature(self, W_dec_FD: Tensor, idx: Tensor | None = None, unit_norm: bool = False) -> Tensor:
-        """The penalty of each feature in `idx` (all when None), differentiable in W_dec."""
+    def per_feature(self, W_dec_FD: Tensor, unit_norm: bool = False) -> Tensor:
+        """The penalty of each feature [F], differentiable in W_dec."""
         if self.pairs == "all":
             Wn = unit_rows(W_dec_FD)
-            rows = Wn if idx is None else Wn[idx]
-            c = rows @ Wn.t()
-            self_pos = torch.arange(Wn.shape[0], device=c.device) if idx is None else idx
-            pen = self.g(c)
-            pen = pen.scatter(1, self_pos[:, None], 0.0)  # not itself
+            pen = self.g(Wn @ Wn.t())
+            pen = pen.diagonal_scatter(pen.new_zeros(Wn.shape[0]))  # not itself
             return pen.sum(dim=1) / (Wn.shape[0] - 1)
         self._tick(W_dec_FD)
-        j = self.nearest_F if idx is None else self.nearest_F[idx]
+        j = self.nearest_F
         # the gradient of a max flows through its argmax only: one differentiable cosine per feature,
         # reaching both the feature's row and its neighbour's
-        dot = _PairDot.apply(W_dec_FD, idx, j)
+        dot = _PairDot.apply(W_dec_FD, j)
         if unit_norm:
             # rows are renormalised every step: the norms are constants here (the gradient part they would
             # add is parallel to each row, which the unit-norm step removes anyway)
@@ -180,20 +176,16 @@ class DecoderOrthogonality(LossTerm):
                 n_F = W_dec_FD.norm(dim=1)
         else:
             n_F = W_dec_FD.norm(dim=1)
-        n_A = n_F if idx is None else n_F[idx]
-        return self.g(dot / (n_A * n_F[j]).clamp_min(1e-12))
+        return self.g(dot / (n_F * n_F[j]).clamp_min(1e-12))
 
     def forward(self, x_BD: Tensor, out, sae) -> Tensor:
-        W = sae.W_dec
-        F = W.shape[0]
+        pen_F = self.per_feature(sae.W_dec, sae.unit_norm)
         if self.features == "active":
-            idx = (out.acts_BF.detach().amax(dim=0) > 0).nonzero().squeeze(1)
-            if idx.numel() == 0:
-                if self.pairs == "nearest":
-                    self._tick(W)
-                return W.sum() * 0.0
-            return self.coef * self.per_feature(W, idx, sae.unit_norm).sum() / F
-        return self.coef * self.per_feature(W, None, sae.unit_norm).mean()
+            # a mask, not a gather: no device sync; inactive features add nothing and pass no gradient of
+            # their own, while an active feature's term still moves its neighbour's row
+            active_F = out.acts_BF.detach().amax(dim=0) > 0
+            return self.coef * (pen_F * active_F).sum() / pen_F.shape[0]
+        return self.coef * pen_F.mean()
 
     @torch.no_grad()
     def exact_nearest(self, W_dec_FD: Tensor) -> Tensor:
