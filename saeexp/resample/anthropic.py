@@ -152,6 +152,8 @@ class AnthropicResampler(nn.Module):
                 warnings.warn(f"resampler.window_tokens={self.window_tokens} exceeds the tokens seen by the last "
                               f"resample point ({last_point * batch}): no feature can count as dead there, "
                               "so nothing will be resampled", stacklevel=2)
+        if all(self.done):
+            return  # no resample point left: no more copies
         if self.reservoir_ND.shape != (self.capacity, x_BD.shape[1]):
             self.reservoir_ND = x_BD.new_zeros(self.capacity, x_BD.shape[1], dtype=torch.float32)
             self.filled = self.pos = 0
