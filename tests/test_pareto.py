@@ -117,6 +117,18 @@ def test_report_on_the_default_sqlite_store(tmp_path):
     assert "relu" in r["table"] and "±" in r["table"]
 
 
+def test_cli_prints_the_table(tmp_path, capsys, monkeypatch):
+    from saeexp.sweep.pareto import main
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    for key, values in list(POINTS.items())[:4]:
+        _log_run(uri, "cli_sweep", key, values)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    main(["cli_sweep", "--out", str(tmp_path / "out"), "--no-reconcile"])
+    out = capsys.readouterr().out
+    assert "runs by status {'FINISHED': 4}" in out and "11.00 ± 1.41" in out and "pareto.html" in out
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     from saeexp.sweep.services import mlflow_server
