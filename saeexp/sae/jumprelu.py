@@ -27,6 +27,8 @@ THRESHOLD_PARAMS = ("raw", "log")
 # keep(a, cond, out): a where cond > 0, else 0, written into out; same-dtype and one pass (on a CPU a
 # select with a bool mask runs at half the speed, and a fresh [B, F] float tensor costs several passes)
 _keep = torch.ops.aten.threshold_backward.grad_input
+_SAME_SIZE_INT = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16,
+                  torch.float64: torch.int64}
 
 
 class _JumpReLU(torch.autograd.Function):
@@ -43,7 +45,9 @@ class _JumpReLU(torch.autograd.Function):
         f_BF = torch.sub(z_BF, theta_F, out=torch.empty_like(z_BF, dtype=torch.float32))  # z - theta in fp32
         f_BF = _keep(z_BF, f_BF, 0.0, grad_input=f_BF) if z_BF.dtype == torch.float32 else \
             torch.where(f_BF > 0, z_BF, 0.0)
-        l0 = torch.count_nonzero(f_BF).to(torch.float32) / z_BF.shape[0]
+        # count of f > 0: f is +0.0 or positive, so its bits as integers are non-zero exactly where it fires
+        # (counting integers is ~8x faster than counting floats on a CPU)
+        l0 = torch.count_nonzero(f_BF.view(_SAME_SIZE_INT[f_BF.dtype])).to(torch.float32) / z_BF.shape[0]
         ctx.save_for_backward(z_BF, theta_F, f_BF)
         ctx.eps, ctx.kernel = eps, kernel
         return f_BF, l0
