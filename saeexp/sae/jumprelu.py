@@ -65,11 +65,13 @@ class _JumpReLU(torch.autograd.Function):
             z32_BF = z_BF if z_BF.dtype == torch.float32 else z_BF.float()
             # entries with |z - theta| < half * eps, as (z > theta - h) xor (z > theta + h), in fp32
             band_BF = torch.logical_xor(z32_BF > theta_F - half * eps, z32_BF > theta_F + half * eps)
-            b_idx, f_idx = band_BF.nonzero(as_tuple=True)
-            u_N = (z32_BF[b_idx, f_idx] - theta_F[f_idx]) / eps
+            lin_N = band_BF.view(-1).nonzero().squeeze(1)  # flat indices: gathers by `take`, no 2-d indexing
+            f_idx = lin_N % z_BF.shape[1]
+            theta_N = theta_F[f_idx]
+            u_N = (z32_BF.reshape(-1).take(lin_N) - theta_N) / eps
             per_N = torch.zeros_like(u_N)
             if g_f_BF is not None:  # d f / d theta = -(theta / eps) K(u)
-                per_N += theta_F[f_idx] * g_f_BF[b_idx, f_idx].float()
+                per_N += theta_N * g_f_BF.reshape(-1).take(lin_N).float()
             if g_l0 is not None:  # d H / d theta = -(1 / eps) K(u), for each token of the mean
                 per_N += g_l0.float() / z_BF.shape[0]
             g_theta = torch.zeros_like(theta_F).index_add_(0, f_idx, per_N * k_fn(u_N)).mul_(-1.0 / eps)
