@@ -86,6 +86,7 @@ def test_gated_composes_as_typed():
     assert compose_cfg(["model=topk"]).loss.sparsity is None
 
 
+@pytest.mark.slow  # Lightning + MLflow start-up
 def test_topk_trains_end_to_end_and_loads(tmp_path):
     """Through the real trainer (firing bookkeeping on the lazily densified activations, AuxK logged)."""
     from saeexp.io import load_sae
@@ -386,7 +387,7 @@ def test_auxk_revives_dead_latents():
         with torch.no_grad():
             sae.W_enc[:, 32:] *= 0.01  # half the latents lose every top-k
         x = torch.randn(16384, 16) * 4
-        _train_steps(sae, [], x, steps=150, lr=3e-3)
+        _train_steps(sae, [], x, steps=80, lr=3e-3)
         sae.eval()
         with torch.no_grad():
             fired = (sae(x[:4096]).acts_BF[:, 32:] > 0).any(0)
