@@ -251,6 +251,21 @@ def test_lr_is_rewarmed_in_training_after_the_resample(tmp_path, one_thread):
     assert lrs[4:8] == pytest.approx([base / 3, 2 * base / 3, base, base])
 
 
+class DeadAtStart:
+    """A Lightning callback making features [0, n) unable to fire from step 0 (so resampling has work)."""
+
+    def __new__(cls, n: int):
+        from lightning.pytorch.callbacks import Callback
+
+        class _Dead(Callback):
+            def on_train_start(self, trainer, module):
+                if trainer.global_step == 0:
+                    with torch.no_grad():
+                        module.sae.b_enc[:n] = -1e3
+
+        return _Dead()
+
+
 @pytest.mark.slow  # three end-to-end runs (MLflow included)
 def test_resumed_run_resamples_like_an_uninterrupted_one(tmp_path):
     import json
@@ -262,7 +277,8 @@ def test_resumed_run_resamples_like_an_uninterrupted_one(tmp_path):
     common = ["model.d_sae=128", "train.tokens=30720", "train.batch_size=512", "train.checkpoint_every=20",
               "train.log_every=10", "resampler=anthropic", "resampler.at=[0.5,0.75]",
               "resampler.window_tokens=2048", "resampler.reservoir_tokens=2048", "resampler.rewarm_steps=10",
-              "loss.l1=0.1", "ortho=active", "ortho.refresh_every=7", "ortho.coef=0.1"]
+              "loss.l1=0.1", "ortho=active", "ortho.refresh_every=7", "ortho.coef=0.1",
+              "+callbacks.dead._target_=test_resample.DeadAtStart", "+callbacks.dead.n=16"]
     train(compose_cfg(common, run_dir=tmp_path / "full"))
     cut = compose_cfg(common + ["+callbacks.cut._target_=conftest.InterruptAt", "+callbacks.cut.step=27"],
                       run_dir=tmp_path / "cut")
@@ -273,5 +289,8 @@ def test_resumed_run_resamples_like_an_uninterrupted_one(tmp_path):
     b = load_file(str(tmp_path / "cut/sae/sae.safetensors"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
-    ma = json.loads((tmp_path / "full/metrics.json").read_text())
-    assert ma["dead"] < 128  # something was trained
+    state = torch.load(tmp_path / "cut/checkpoints/last.ckpt", weights_only=False)["state_dict"]
+    assert state["resampler._extra_state"]["done"] == [True, True]
+    assert state["resampler._extra_state"]["last_step"] >= 29  # a resample happened after the resume point
+    assert (a["b_enc"][:16] > -1e3).all()  # the dead features were resampled (b_enc reset, then trained)
+    assert json.loads((tmp_path / "full/metrics.json").read_text())["l0"] > 0
