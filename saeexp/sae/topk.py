@@ -12,7 +12,6 @@ product. Of the standard step's six products only the forward encoder product is
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from saeexp.errors import ConfigError
