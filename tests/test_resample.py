@@ -68,7 +68,7 @@ def test_resampling_revives_dead_features_and_resets_only_their_adam_rows():
 
     assert rs.maybe_resample(module, 3) == 0  # 4 steps done < 5: not yet
     assert rs.maybe_resample(module, 4) == 5
-    assert rs.done == [True] and rs.last_step == 4
+    assert rs.done == [True] and rs.last_step == 4 and rs.history == [(4, 5)]
     assert rs.maybe_resample(module, 5) == 0  # each point once
 
     live = torch.ones(24, dtype=torch.bool)

@@ -112,15 +112,18 @@ class AnthropicResampler(nn.Module):
         self.done = [False] * len(self.at)
         self.last_step = -1  # step of the last resample (-1: none yet)
         self.filled = self.pos = 0
+        self.history: list[tuple[int, int]] = []  # (step, features resampled) of every resample so far
         self._warned = False
 
     # --- state ------------------------------------------------------------------------------------
     def get_extra_state(self) -> dict:
-        return {"done": list(self.done), "last_step": self.last_step, "filled": self.filled, "pos": self.pos}
+        return {"done": list(self.done), "last_step": self.last_step, "filled": self.filled, "pos": self.pos,
+                "history": [list(h) for h in self.history]}
 
     def set_extra_state(self, state: dict) -> None:
         self.done, self.last_step = list(state["done"]), int(state["last_step"])
         self.filled, self.pos = int(state["filled"]), int(state["pos"])
+        self.history = [tuple(h) for h in state.get("history", [])]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "reservoir_ND"
@@ -152,6 +155,10 @@ class AnthropicResampler(nn.Module):
                 warnings.warn(f"resampler.window_tokens={self.window_tokens} exceeds the tokens seen by the last "
                               f"resample point ({last_point * batch}): no feature can count as dead there, "
                               "so nothing will be resampled", stacklevel=2)
+            if self.rewarm_steps > module.total_steps - last_point:
+                warnings.warn(f"resampler.rewarm_steps={self.rewarm_steps} exceeds the {module.total_steps - last_point} "
+                              "steps after the last resample point: the LR stays below its schedule to the end of "
+                              "the run if that point resamples", stacklevel=2)
         if all(self.done):
             return  # no resample point left: no more copies
         if self.reservoir_ND.shape != (self.capacity, x_BD.shape[1]):
@@ -185,6 +192,10 @@ class AnthropicResampler(nn.Module):
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         resample_features(sae, dead, self.reservoir_ND[:self.filled], opt, self.enc_scale, gen)
         self.last_step = step
+        self.history.append((step, int(dead.numel())))
+        from lightning.pytorch.utilities import rank_zero_info
+
+        rank_zero_info(f"saeexp: resampled {dead.numel()} dead features after step {step + 1}")
         return int(dead.numel())
 
     def lr_factor(self, step: int) -> float:
