@@ -155,10 +155,11 @@ class AnthropicResampler(nn.Module):
                 warnings.warn(f"resampler.window_tokens={self.window_tokens} exceeds the tokens seen by the last "
                               f"resample point ({last_point * batch}): no feature can count as dead there, "
                               "so nothing will be resampled", stacklevel=2)
-            if self.rewarm_steps > module.total_steps - last_point:
-                warnings.warn(f"resampler.rewarm_steps={self.rewarm_steps} exceeds the {module.total_steps - last_point} "
-                              "steps after the last resample point: the LR stays below its schedule to the end of "
-                              "the run if that point resamples", stacklevel=2)
+            left = module.total_steps - last_point
+            if self.rewarm_steps > left:
+                warnings.warn(f"resampler.rewarm_steps={self.rewarm_steps} exceeds the {left} steps after the last "
+                              "resample point: the LR stays below its schedule to the end of the run if that point "
+                              "resamples", stacklevel=2)
         if all(self.done):
             return  # no resample point left: no more copies
         if self.reservoir_ND.shape != (self.capacity, x_BD.shape[1]):
