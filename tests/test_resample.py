@@ -1,7 +1,6 @@
 """Anthropic resampling: dead features come back, exactly their optimiser state is reset, the LR re-warms,
 a resumed run resamples as an uninterrupted one; every model trains with each resampler (and ortho)."""
 import itertools
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
