@@ -5,7 +5,7 @@ PY ?= python3
 CONSTRAINT := $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints/cpu.txt)
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench
+.PHONY: install demo test bench bench-sweep
 
 install:
 	$(PY) -m pip install -q $(CONSTRAINT) -e '.[lm,dev]'
@@ -20,3 +20,8 @@ test: install
 bench: install
 	$(PY) bench/bench_core.py
 	$(PY) bench/bench_variants.py
+	$(PY) bench/bench_ortho.py
+	$(PY) bench/bench_harvest.py
+
+bench-sweep: install   # about 20 minutes: four two-minute jobs, serially on the local SLURM cluster
+	$(PY) bench/bench_sweep.py --tokens 4000000

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
-# The README's main job (run by `make demo`). Runs and the MLflow store go to ./runs unless SAEEXP_RUNS is set.
+# The README's main job (run by `make demo`): SmolLM2 layer-3 residuals -> standard SAE -> L0 / FVU / CE loss
+# recovered (conf/demo.yaml). Runs and the MLflow store go to ./runs unless SAEEXP_RUNS is set.
 set -euo pipefail
-exec saeexp "$@"
+exec "$(dirname "$0")/demo-lm.sh" "$@"
