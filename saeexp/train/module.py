@@ -86,7 +86,13 @@ class SAEModule(L.LightningModule):
         if (step // self.log_every) % DEC_MMCS_EVERY_LOGS == 0 or step == self.total_steps - 1:
             # decoder geometry: d_sae^2 * d_in FLOPs (about one step's at width 16384), so every 10th log only
             logs["train/dec_mmcs"] = decoder_mmcs(self.sae.W_dec.detach()).mean()
-        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=x_BD.shape[0])
+        # straight to the loggers, once per log step: Lightning's self.log would re-send the last value of
+        # every step metric at every later step. One host sync here (the stack), none on other steps.
+        keys = list(logs)
+        values = torch.stack([logs[k].detach().float().reshape(()).to(x_BD.device) for k in keys]).tolist()
+        for lg in self.loggers:
+            lg.log_metrics(dict(zip(keys, values)), step=step)
+        # the progress bar only (logger=False): L0 and FVU as of the last log step
         self.log_dict({"L0": logs["train/l0"], "FVU": logs["train/fvu"]}, prog_bar=True, logger=False,
                       on_step=True, on_epoch=False, batch_size=x_BD.shape[0])
 
