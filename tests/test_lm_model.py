@@ -3,7 +3,6 @@ the cache shared between runs, a short end-to-end run, and the errors a user can
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import numpy as np
