@@ -20,6 +20,17 @@ def _isolated(tmp_path, monkeypatch):
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny matrices: one torch thread is many times faster than two on a busy 2-core machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def compose_cfg(overrides=(), config_name="config", run_dir=None):
     """Compose the real config tree (with Hydra's runtime fields filled) the way the CLI would."""
     from omegaconf import OmegaConf, open_dict

@@ -20,13 +20,6 @@ DATA = {"_target_": "saeexp.data.synthetic.SyntheticSource", "d_in": 16, "n_feat
         "heldout_tokens": 4096, "seed": 0}
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _shrunk_sae(steps=300):
     """A ReLU SAE trained with a strong L1: its reconstructions are too short (feature suppression)."""

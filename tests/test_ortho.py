@@ -139,14 +139,6 @@ def _train(ortho, steps=250):
     return decoder_mmcs(sae.W_dec.detach()).mean().item()
 
 
-@pytest.fixture
-def one_thread():
-    # tiny matrices: one thread is ~10x faster than two on a loaded 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.mark.parametrize("pairs,features,margin,coef", [("nearest", "all", 0.0, 0.5),
                                                         ("nearest", "active", 0.0, 0.5), ("all", "all", 0.3, 2.0)])

@@ -16,13 +16,6 @@ LOSSES = sorted(p.stem for p in (CONF / "loss").glob("*.yaml"))
 RESAMPLERS = sorted(p.stem for p in (CONF / "resampler").glob("*.yaml"))
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 class _Module(SimpleNamespace):
     """What the resampler reads from the training module: sae, total_steps, optimizers()."""
