@@ -85,11 +85,16 @@ def bare_loop(x, width, coef=5e-3):
     return step
 
 
+NO_REUSE = False
+
+
 def lightning_steps(x, width, n_steps):
     """Seconds per step of saeexp's LightningModule in a real Trainer (median over steps after the first)."""
     sae = ReLUSAE(x.shape[1], width)
     module = SAEModule(sae, [L1(5e-3)], lambda params: torch.optim.Adam(params, lr=4e-4, fused=True),
-                       total_steps=n_steps, log_every=50)
+                       total_steps=10**6, log_every=50, reuse_memory=not NO_REUSE)
+    # total_steps only shapes the LR schedule and the last-step log: as inside a long run, only step 0
+    # logs (and it is not timed)
     clock = _StepClock()
     trainer = L.Trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=n_steps, logger=_NullLogger(),
                         callbacks=[clock], enable_checkpointing=False, enable_progress_bar=False,
@@ -118,7 +123,16 @@ def main():
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--widths", type=int, nargs="*", default=None)
     ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--no-reuse-memory", action="store_true", help="leave glibc's mmap/trim defaults alone")
     args = ap.parse_args()
+    global NO_REUSE
+    NO_REUSE = args.no_reuse_memory
+    if not args.no_reuse_memory:
+        # what saeexp's trainer does at fit start (train.reuse_memory); set here first so all three
+        # implementations run under the same allocator settings
+        from saeexp.train.memory import reuse_freed_memory
+
+        print(f"reuse freed memory (glibc mallopt): {reuse_freed_memory()}")
     widths = args.widths or ([4096] if args.quick else [4096, 16384])
     torch.manual_seed(0)
     x = torch.randn(args.batch, args.d_in)

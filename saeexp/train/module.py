@@ -24,7 +24,7 @@ class SAEModule(L.LightningModule):
     def __init__(self, sae: SAE, penalties: list[LossTerm], optimizer_factory, total_steps: int,
                  input_scale: float = 1.0, lr_warmup_steps: int = 0, lr_decay_steps: int = 0,
                  sparsity_warmup_steps: int = 0, log_every: int = 50, dead_window_tokens: int = 1_000_000,
-                 resampler=None):
+                 resampler=None, reuse_memory: bool = True):
         super().__init__()
         self.sae = sae
         self.terms = nn.ModuleList([MSE(1.0), *penalties])
@@ -36,6 +36,7 @@ class SAEModule(L.LightningModule):
         self.sparsity_warmup_steps, self.log_every = sparsity_warmup_steps, log_every
         self.dead_window_tokens = dead_window_tokens
         self.resampler = resampler
+        self.reuse_memory = reuse_memory
         # first step whose loss was not finite (-1: none); a device tensor, read only at log steps
         self.register_buffer("first_bad_step", torch.tensor(-1, dtype=torch.long))
 
@@ -95,6 +96,12 @@ class SAEModule(L.LightningModule):
         # the progress bar only (logger=False): L0 and FVU as of the last log step
         self.log_dict({"L0": logs["train/l0"], "FVU": logs["train/fvu"]}, prog_bar=True, logger=False,
                       on_step=True, on_epoch=False, batch_size=x_BD.shape[0])
+
+    def on_fit_start(self) -> None:
+        if self.reuse_memory:
+            from saeexp.train.memory import reuse_freed_memory
+
+            reuse_freed_memory()
 
     # --- decoder-norm handling around the optimiser step ------------------------------------------
     def on_before_optimizer_step(self, optimizer) -> None:

@@ -91,7 +91,8 @@ def train(cfg: DictConfig) -> dict:
         sae, penalties, instantiate(cfg.optimizer), total_steps=steps, input_scale=scale,
         lr_warmup_steps=tok(cfg.train.lr_warmup_tokens), lr_decay_steps=tok(cfg.train.lr_decay_tokens),
         sparsity_warmup_steps=tok(cfg.train.sparsity_warmup_tokens), log_every=cfg.train.log_every,
-        dead_window_tokens=cfg.train.dead_window_tokens, resampler=resampler)
+        dead_window_tokens=cfg.train.dead_window_tokens, resampler=resampler,
+        reuse_memory=cfg.train.get("reuse_memory", True))
     dm = ActivationDataModule(source, batch_size, cfg.seed)
 
     from saeexp.tracking import log_config, make_logger
