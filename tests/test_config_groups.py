@@ -1,5 +1,4 @@
 """Every option of every config group composes and instantiates (found by globbing conf/)."""
-from pathlib import Path
 
 import pytest
 from hydra.utils import instantiate

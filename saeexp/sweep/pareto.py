@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from saeexp.sweep.frontier import CE, FVU, L0, aggregate, mark_frontiers, table
+from saeexp.sweep.frontier import FVU, L0, aggregate, mark_frontiers, table
 
 KIND_TAG = "saeexp.kind"
 

@@ -50,7 +50,6 @@ def png(by_variant: dict[str, list[Point]], path: Path, title: str) -> Path:
 def _svg_panel(by_variant, y, label, w=560, h=400, pad=60) -> str:
     pts = [p for ps in by_variant.values() for p in ps if y in p.mean and L0 in p.mean]
     xs = [math.log10(max(p.mean[L0], 1e-6)) for p in pts]
-    ys = [p.mean[y] for p in pts]
     x0, x1 = min(xs), max(xs)
     y0, y1 = min(p.mean[y] - p.sd[y] for p in pts), max(p.mean[y] + p.sd[y] for p in pts)
     x0, x1 = (x0 - 0.05, x1 + 0.05) if x1 - x0 < 1e-9 else (x0 - 0.05 * (x1 - x0), x1 + 0.05 * (x1 - x0))
