@@ -105,7 +105,12 @@ def main(argv=None):
     p.add_argument("--dead-frac", type=float, default=0.1, help="fraction of latents kept dead (AuxK work)")
     p.add_argument("--repeats", type=int, default=None, help="default: 7 at width <= 4096, else 3")
     p.add_argument("--quick", action="store_true", help="width 4096 only, 3 repeats")
+    p.add_argument("--no-reuse-memory", action="store_true", help="leave glibc's mmap/trim defaults alone")
     a = p.parse_args(argv)
+    if not a.no_reuse_memory:  # as saeexp's trainer does at fit start (train.reuse_memory)
+        from saeexp.train.memory import reuse_freed_memory
+
+        print(f"reuse freed memory (glibc mallopt): {reuse_freed_memory()}")
     widths = [4096] if a.quick else a.widths
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; d_in {a.d_in}, batch {a.batch}, "
           f"fp32; topk/batchtopk k={a.k} with AuxK on {a.dead_frac:.0%} dead latents")
