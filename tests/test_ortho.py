@@ -12,6 +12,7 @@ from saeexp.losses.ortho import DecoderOrthogonality
 from saeexp.metrics import decoder_mmcs
 from saeexp.sae.base import SAEOutput
 from saeexp.sae.relu import ReLUSAE
+from saeexp.train.step import manual_step
 
 MODES = list(itertools.product(["all", "nearest"], ["all", "active"], ["abs", "square"], [0.0, 0.3]))
 
@@ -128,14 +129,7 @@ def _train(ortho, steps=250):
     opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
     batches = src.batches(512, seed=0)
     for _ in range(steps):
-        x = next(batches)
-        out = sae(x)
-        loss = sum(t(x, out, sae) for t in terms)
-        opt.zero_grad()
-        loss.backward()
-        sae.remove_parallel_grad()
-        opt.step()
-        sae.normalize_decoder()
+        manual_step(sae, terms, opt, next(batches))
     return decoder_mmcs(sae.W_dec.detach()).mean().item()
 
 

@@ -8,6 +8,7 @@ import torch
 
 from saeexp.losses import L1, MSE
 from saeexp.sae import ReLUSAE
+from saeexp.train.step import manual_step
 
 
 @pytest.mark.parametrize("c", [0.2, 0.5])
@@ -23,14 +24,7 @@ def test_binary_feature_activation_is_one_minus_c_over_2(c):
     opt = torch.optim.Adam([sae.W_enc, sae.W_dec], lr=5e-3)
     p = 0.3
     for _ in range(1500):
-        x = (torch.rand(512, 1) < p).float()
-        out = sae(x)
-        loss = sum(t(x, out, sae) for t in terms)
-        opt.zero_grad()
-        loss.backward()
-        sae.remove_parallel_grad()
-        opt.step()
-        sae.normalize_decoder()
+        manual_step(sae, terms, opt, (torch.rand(512, 1) < p).float())
     act = sae.encode(torch.ones(1, 1)).item()
     assert sae.W_dec.item() == pytest.approx(1.0)
     assert act == pytest.approx(1 - c / 2, abs=0.01)
