@@ -18,6 +18,15 @@ def flatten(d, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def artifact_location(tracking_uri: str) -> str | None:
+    """Where a new experiment keeps artifacts: next to a SQLite store's file (MLflow's own default is
+    ./mlruns under the current directory, which would put artifacts wherever the command ran, the repo
+    root included); None for a server, which has its own artifact root."""
+    if tracking_uri.startswith("sqlite:///"):
+        return str(Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts")
+    return None
+
+
 def make_logger(cfg: DictConfig, run_dir: Path):
     """An MLFlowLogger bound to this run directory's MLflow run (created once, reused on resume)."""
     from lightning.pytorch.loggers import MLFlowLogger
@@ -26,6 +35,7 @@ def make_logger(cfg: DictConfig, run_dir: Path):
     run_id = id_file.read_text().strip() if id_file.exists() else None
     logger = MLFlowLogger(experiment_name=str(cfg.logger.experiment), tracking_uri=cfg.logger.tracking_uri,
                           run_name=cfg.logger.run_name, run_id=run_id,
+                          artifact_location=artifact_location(cfg.logger.tracking_uri),
                           tags={**run_tags(cfg), **dict(cfg.logger.tags or {})})
     if run_id is not None:  # resumed (e.g. a requeued SLURM job): the same run, running again
         logger.experiment.update_run(run_id, status="RUNNING")

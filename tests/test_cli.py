@@ -43,6 +43,9 @@ def test_train_logs_mlflow_run_and_eval_rescores(tmp_path):
     arts = {a.path for a in client.list_artifacts(run_id)}
     assert {"config.yaml", "final_histograms.png", "metrics.json", "sae"} <= arts
     assert {"sae/sae.safetensors", "sae/config.yaml"} <= {a.path for a in client.list_artifacts(run_id, "sae")}
+    # artifacts live next to the store, never in the directory the command ran from
+    assert not (tmp_path / "mlruns").exists()
+    assert r.info.artifact_uri.startswith(str(Path(os.environ["MLFLOW_TRACKING_URI"][len("sqlite:///"):]).parent))
 
     # the same command again finds the finished run instead of training again
     again = run(["saeexp", *SMALL, "experiment=cli_test"], tmp_path)

@@ -34,7 +34,9 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
     if exp is not None:
         return exp.experiment_id
     try:
-        return client.create_experiment(name)
+        from saeexp.tracking import artifact_location
+
+        return client.create_experiment(name, artifact_location=artifact_location(tracking_uri))
     except MlflowException:  # created meanwhile by someone else
         return client.get_experiment_by_name(name).experiment_id
 
