@@ -11,6 +11,15 @@ ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _repo_root_stays_clean():
+    """Runs, caches and MLflow stores never land in the repository (MLflow's default is ./mlruns)."""
+    before = {p.name for p in ROOT.iterdir()}
+    yield
+    new = {p.name for p in ROOT.iterdir()} - before
+    assert not new & {"mlruns", "runs", "mlflow.db", "outputs", "multirun"}, f"the suite wrote {new} into the repo"
+
+
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
     """Nothing lands in the repo or the user's home: runs, caches and MLflow all under tmp_path."""

@@ -80,8 +80,10 @@ def _log_run(uri: str, experiment: str, key: tuple, values: tuple) -> str:
 def _create(client, experiment):
     from mlflow.exceptions import MlflowException
 
+    from saeexp.tracking import artifact_location
+
     try:
-        return client.create_experiment(experiment)
+        return client.create_experiment(experiment, artifact_location=artifact_location(client.tracking_uri))
     except MlflowException:  # another writer created it first
         return client.get_experiment_by_name(experiment).experiment_id
 
