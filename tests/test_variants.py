@@ -31,24 +31,15 @@ def _build(model, loss, *extra, d_sae=64):
 
 def _train_steps(sae, penalties, x_NB, steps, batch=256, lr=1e-3):
     """What SAEModule does per batch (loss terms, decoder-norm handling, Adam, firing bookkeeping)."""
-    from saeexp.train.module import SAEModule
+    from saeexp.losses import MSE
+    from saeexp.train.step import manual_step
 
-    module = SAEModule(sae, penalties, lambda params: torch.optim.Adam(params, lr=lr), total_steps=steps)
     opt = torch.optim.Adam(sae.parameters(), lr=lr)
     sae.train()
     for i in range(steps):
         x = x_NB[(i * batch) % (len(x_NB) - batch):][:batch]
-        out, terms = module.loss_terms(x, i)
-        loss = sum(terms.values())
-        assert torch.isfinite(loss), terms
-        opt.zero_grad()
-        loss.backward()
-        if sae.unit_norm:
-            sae.remove_parallel_grad()
-        opt.step()
-        if sae.unit_norm:
-            sae.normalize_decoder()
-        sae.update_firing(out.acts_BF)
+        _, terms = manual_step(sae, [MSE(), *penalties], opt, x)
+        assert torch.isfinite(sum(terms.values())), terms
     return terms
 
 
