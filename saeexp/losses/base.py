@@ -22,6 +22,9 @@ class LossTerm(nn.Module):
 
     def validate(self, sae: SAE) -> None:
         """Raise ConfigError when this term makes no sense for this SAE (checked before training)."""
+        if self.is_sparsity and not getattr(sae, "accepts_penalty", True):
+            raise ConfigError(f"loss={self.name} on {type(sae).__name__}: this SAE sets its sparsity "
+                              "structurally; use loss=none")
 
     def forward(self, x_BD: Tensor, out: SAEOutput, sae: SAE) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError

@@ -16,9 +16,7 @@ class L0(LossTerm):
     is_sparsity = True
 
     def validate(self, sae) -> None:
-        if not getattr(sae, "accepts_penalty", True):
-            raise ConfigError(f"loss={self.name} on {type(sae).__name__}: this SAE sets its sparsity "
-                              "structurally; use loss=none")
+        super().validate(sae)
         if not getattr(sae, "provides_l0", False):
             raise ConfigError(f"loss={self.name} on {type(sae).__name__}: an L0 penalty needs a learned "
                               "threshold with a straight-through count (model=jumprelu); use loss=l1 here")

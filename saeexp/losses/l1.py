@@ -11,11 +11,6 @@ class L1(LossTerm):
     name = "l1"
     is_sparsity = True
 
-    def validate(self, sae) -> None:
-        if not getattr(sae, "accepts_penalty", True):
-            raise ConfigError(f"loss={self.name} on {type(sae).__name__}: this SAE sets its sparsity "
-                              "structurally; use loss=none")
-
     def forward(self, x_BD: Tensor, out, sae) -> Tensor:
         # sum of all activations / tokens: no batch x width temporary beyond what autograd needs
         acts_BF = sae.sparsity_acts(out)
