@@ -10,6 +10,7 @@ PYTEST_ARGS ?=
 install:
 	$(PY) -m pip install -q $(CONSTRAINT) -e '.[lm,dev]'
 	PYTHON=$(PY) bash scripts/setup-lm.sh
+	bash scripts/setup-browser.sh
 
 demo: install
 	bash scripts/demo.sh
