@@ -16,14 +16,15 @@ class SyntheticSource(ActivationSource):
     """x = sum_i a_i m_i d_i + noise, with d_i unit-norm truth directions.
 
     Feature i fires (a_i = 1) with probability p_i = max_p * (i + 1) ** -alpha (a power law); magnitudes
-    m_i follow `magnitude` with mean `mean_magnitude`. `groups` groups of `group_size` features (the most
+    m_i follow `magnitude` with mean `mean_magnitude`, never below `min_magnitude` (a feature that fires
+    at a near-zero magnitude is indistinguishable from one that does not). `groups` groups of `group_size` features (the most
     frequent after feature 0 ... taken in order) also fire all together with probability `group_p`,
     the co-occurrence that tempts an L1 SAE to learn combinations (reference 004). Batch k is a pure
     function of (seed, k); the held-out set uses its own seed stream, so it is never trained on.
     """
 
     def __init__(self, d_in: int = 32, n_features: int = 128, max_p: float = 0.05, alpha: float = 0.5,
-                 magnitude: str = "exponential", mean_magnitude: float = 1.0, noise: float = 0.0,
+                 magnitude: str = "exponential", mean_magnitude: float = 1.0, min_magnitude: float = 0.0, noise: float = 0.0,
                  groups: int = 0, group_size: int = 3, group_p: float = 0.01, heldout_tokens: int = 16384,
                  seed: int = 0):
         if magnitude not in MAGNITUDES:
@@ -33,7 +34,10 @@ class SyntheticSource(ActivationSource):
         if groups * group_size > n_features:
             raise ConfigError(f"data.groups * data.group_size = {groups * group_size} exceeds "
                               f"data.n_features={n_features}")
+        if not 0 <= min_magnitude <= mean_magnitude:
+            raise ConfigError(f"data.min_magnitude={min_magnitude!r}: expected 0 <= it <= data.mean_magnitude")
         self.d_in, self.n_features, self.noise = d_in, n_features, noise
+        self.min_magnitude = min_magnitude
         self.magnitude, self.mean_magnitude = magnitude, mean_magnitude
         self.groups, self.group_size, self.group_p = groups, group_size, group_p
         self.heldout_tokens, self.seed = heldout_tokens, seed
@@ -51,10 +55,11 @@ class SyntheticSource(ActivationSource):
             fire_BG = torch.rand(n, self.groups, generator=gen) < self.group_p
             members = fire_BG.repeat_interleave(self.group_size, dim=1)
             on_BN[:, :members.shape[1]] |= members
+        lo, spread = self.min_magnitude, self.mean_magnitude - self.min_magnitude  # mean = lo + spread
         if self.magnitude == "exponential":
-            mag = torch.empty(n, self.n_features).exponential_(1.0 / self.mean_magnitude, generator=gen)
+            mag = lo + torch.empty(n, self.n_features).exponential_(1.0 / max(spread, 1e-12), generator=gen)
         elif self.magnitude == "uniform":
-            mag = torch.rand(n, self.n_features, generator=gen) * 2 * self.mean_magnitude
+            mag = lo + torch.rand(n, self.n_features, generator=gen) * 2 * spread
         else:
             mag = torch.full((n, self.n_features), float(self.mean_magnitude))
         x_BD = (on_BN * mag) @ self.truth_ND
