@@ -26,6 +26,8 @@ def run_name(override_dirname: str) -> str:
 
 
 OmegaConf.register_new_resolver("run_name", run_name, replace=True)
+# `${fraction_of:${train.tokens},0.2}`: a share of the run in tokens, so schedules follow train.tokens
+OmegaConf.register_new_resolver("fraction_of", lambda total, share: int(int(total) * float(share)), replace=True)
 
 
 def _fail(e: Exception) -> None:

@@ -38,3 +38,33 @@ def b_dec_init(kind: str, x_ND: Tensor) -> Tensor:
     if kind == "zeros":
         return torch.zeros(x_ND.shape[1])
     raise ConfigError(f"train.b_dec_init={kind!r}: expected one of {B_DEC_INITS}")
+
+
+@torch.no_grad()
+def fit_encoder_scale(sae, x_ND: Tensor, rounds: int = 2) -> float:
+    """Scale the encoder weights by the c that minimises the initial reconstruction error on a sample.
+
+    With b_enc = 0 the reconstruction minus b_dec, r(c), is linear in c for ReLU, gated, TopK and BatchTopK SAEs
+    (nearly so for JumpReLU's small threshold), so c = <x - b_dec, r> / <r, r> (least squares), refitted
+    `rounds` times. Why: with W_enc = W_dec^T, about half the latents fire at step 0 and r is about
+    d_sae / (2 d_in) times x; the first gradients are then hundreds of times their later size, and Adam's
+    second moment (beta2 0.999) remembers them for thousands of steps, so the decoder hardly moves after.
+    Returns the total factor applied.
+    """
+    total = 1.0
+    was_training = sae.training
+    sae.eval()
+    for _ in range(rounds):
+        target_ND = x_ND - sae.b_dec
+        r_ND = sae(x_ND).x_hat_BD - sae.b_dec
+        rr = (r_ND * r_ND).sum()
+        if not rr > 0:
+            break
+        c = ((target_ND * r_ND).sum() / rr).item()
+        if not c > 0:
+            break
+        for name in sae.encoder_weights:
+            getattr(sae, name).mul_(c)
+        total *= c
+    sae.train(was_training)
+    return total

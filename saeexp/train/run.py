@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -86,6 +87,8 @@ def train(cfg: DictConfig) -> dict:
     scale = init.input_scale(sample) if cfg.train.scale_inputs else 1.0
     with torch.no_grad():
         sae.b_dec.copy_(init.b_dec_init(cfg.train.b_dec_init, sample * scale))
+    if cfg.train.fit_encoder_scale:
+        init.fit_encoder_scale(sae, sample * scale)
 
     module = SAEModule(
         sae, penalties, instantiate(cfg.optimizer), total_steps=steps, input_scale=scale,
@@ -126,10 +129,31 @@ def train(cfg: DictConfig) -> dict:
     save_sae(raw, run_dir / "sae", OmegaConf.to_container(cfg.model, resolve=True),
              {"input_scale": scale, "d_in": sae.d_in, "d_sae": sae.d_sae,
               "data": OmegaConf.to_container(cfg.data, resolve=True), "run_dir": str(run_dir)})
+    verdict = learning_verdict(scalars)
+    if verdict is not None:
+        scalars["learning"] = verdict
+        logger.experiment.set_tag(logger.run_id, "saeexp.learning", verdict)
     result = write_report(scalars, arrays, run_dir, logger)
     logger.experiment.log_artifacts(logger.run_id, str(run_dir / "sae"), "sae")
     logger.finalize("success")
     print(f"saeexp: finished {steps} steps ({steps * batch_size:,} tokens) in {run_dir}\n  {summary(result)}\n"
           f"  MLflow: experiment '{cfg.logger.experiment}', run {logger.run_id} at {cfg.logger.tracking_uri}\n"
           f"  SAE: {run_dir / 'sae'}  (saeexp.load_sae(path))")
+    if verdict is not None:
+        print(f"saeexp: warning: the run finished but did not learn ({verdict}); it is left out of Pareto "
+              "frontiers (lower optimizer.lr or the sparsity coefficient)", file=sys.stderr)
     return result
+
+
+def learning_verdict(scalars: dict) -> str | None:
+    """`failed:<reason>` for a run that finished without learning, else None (the run stays FINISHED).
+
+    FVU >= 1 on held-out data: the SAE reconstructs no better than the mean would (a loss that blew up while
+    staying finite ends here too, e.g. optimizer.lr=1e6).
+    """
+    fvu = scalars.get("fvu")
+    if fvu is None or fvu != fvu:
+        return "failed:fvu_undefined"
+    if fvu >= 1.0:
+        return f"failed:fvu={fvu:.3g}>=1"
+    return None
