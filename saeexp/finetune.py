@@ -121,7 +121,9 @@ def finetune(sae, batches, input_scale: float, method: str, steps: int, lr: floa
     decay = max(1, int(round(steps * lr_decay_frac))) if lr_decay_frac > 0 else 0
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (steps - t) / decay) if decay else 1.0)
     x_BD = first
-    for _ in range(steps):
+    from tqdm import tqdm
+
+    for _ in tqdm(range(steps), desc=f"saeexp-finetune ({method})", unit="step", mininterval=5):
         loss = F.mse_loss(model(x_BD), x_BD)
         opt.zero_grad(set_to_none=True)
         loss.backward()

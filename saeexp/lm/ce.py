@@ -35,8 +35,13 @@ def _zero(x_ND: torch.Tensor) -> torch.Tensor:
 @torch.inference_mode()
 def _losses(model, hook, windows_WT, mask_T, fn, batch_windows, with_clean):
     """Per-token CE (and KL from clean) over the counted positions, with `fn` spliced (None: clean)."""
+    from tqdm import tqdm
+
     ce, clean, kl = [], [], []
-    for i in range(0, len(windows_WT), batch_windows):
+    what = "clean" if fn is None else "zero-ablated" if fn is _zero else "spliced" + (" + clean" if with_clean else "")
+    # minutes on a CPU: show progress (one line, refreshed at most every 5 s)
+    for i in tqdm(range(0, len(windows_WT), batch_windows), desc=f"CE eval ({what})", unit="batch",
+                  mininterval=5, leave=False):
         ids = torch.from_numpy(windows_WT[i:i + batch_windows]).long()
         if with_clean:
             logits_c = model(ids, return_type="logits")
