@@ -42,14 +42,16 @@ def b_dec_init(kind: str, x_ND: Tensor) -> Tensor:
 
 @torch.no_grad()
 def fit_encoder_scale(sae, x_ND: Tensor, rounds: int = 2) -> float:
-    """Scale the encoder weights by the c that minimises the initial reconstruction error on a sample.
+    """Shrink the encoder weights by the c that minimises the initial reconstruction error on a sample.
 
     With b_enc = 0 the reconstruction minus b_dec, r(c), is linear in c for ReLU, gated, TopK and BatchTopK SAEs
     (nearly so for JumpReLU's small threshold), so c = <x - b_dec, r> / <r, r> (least squares), refitted
-    `rounds` times. Why: with W_enc = W_dec^T, about half the latents fire at step 0 and r is about
-    d_sae / (2 d_in) times x; the first gradients are then hundreds of times their later size, and Adam's
-    second moment (beta2 0.999) remembers them for thousands of steps, so the decoder hardly moves after.
-    Returns the total factor applied.
+    `rounds` times. Why: with W_enc = W_dec^T and unit decoder rows, about half the latents fire at step 0 and
+    r is about d_sae / (2 d_in) times x; the first gradients are then hundreds of times their later size, and
+    Adam's second moment (beta2 0.999) remembers them for thousands of steps, so the decoder hardly moves after.
+    Only a reconstruction too large is harmful: c is capped at 1, so an init that starts small on purpose (the
+    0.1-norm free decoder of the April 2024 update) is left alone (growing it measured worse on issue 8's set 1:
+    L0 60 / FVU 0.34 against L0 24 / FVU 0.32). Returns the total factor applied.
     """
     total = 1.0
     was_training = sae.training
@@ -60,8 +62,8 @@ def fit_encoder_scale(sae, x_ND: Tensor, rounds: int = 2) -> float:
         rr = (r_ND * r_ND).sum()
         if not rr > 0:
             break
-        c = ((target_ND * r_ND).sum() / rr).item()
-        if not c > 0:
+        c = min(1.0, ((target_ND * r_ND).sum() / rr).item())
+        if not 0 < c < 1:
             break
         for name in sae.encoder_weights:
             getattr(sae, name).mul_(c)
