@@ -50,7 +50,7 @@ class RunCheckpoint(Callback):
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            trainer.save_checkpoint(str(tmp))
+            trainer.save_checkpoint(str(tmp), weights_only=False)  # the full state (optimiser, loops): resumable
             os.replace(tmp, self.path)
         except OSError as e:  # disk full or read-only: drop the partial file, keep the last good checkpoint
             with contextlib.suppress(OSError):
