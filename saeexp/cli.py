@@ -21,7 +21,9 @@ def run_name(override_dirname: str) -> str:
     `model.d_sae=64,loss.l1=2e-3` becomes `loss.l1-2e-3_model.d_sae-64` (sorted by Hydra): no '=' or ','
     so the path can be passed back on a Hydra command line unquoted.
     """
-    name = (override_dirname or "").replace("=", "-").replace(",", "_")
+    from saeexp.redact import redact_overrides
+
+    name = redact_overrides(override_dirname).replace("=", "-").replace(",", "_")
     name = re.sub(r"[^\w.+-]", "_", name) or "default"
     return name[:200]
 

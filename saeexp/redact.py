@@ -35,3 +35,11 @@ def redact(node, key: str = ""):
     if key and is_secret_key(key) and node is not None:
         return MASK
     return redact_text(node) if isinstance(node, str) else node
+
+
+def redact_overrides(override_dirname: str) -> str:
+    """Hydra's `k=v,k=v` override string (it names run directories and MLflow runs) without secret-named
+    overrides and with URI user-info masked: a token typed on the command line must not become a path."""
+    items = (override_dirname or "").split(",")
+    kept = [it for it in items if not ("=" in it and is_secret_key(it.split("=", 1)[0].lstrip("+~")))]
+    return redact_text(",".join(kept))

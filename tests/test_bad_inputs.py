@@ -16,16 +16,30 @@ import torch
 SMALL = ["model.d_sae=64", "train.tokens=40960", "train.batch_size=1024", "train.log_every=10"]
 
 
-def run_cli(argv: list[str], capsys, entry: str = "main") -> tuple[int, str]:
-    """Run a console script in this process (as `saeexp ARGS` would); its exit code and stderr."""
+def run_cli(argv: list[str], capsys, entry="main") -> tuple[int, str]:
+    """Run a console script in this process (as `saeexp ARGS` would); its exit code and stderr.
+    `entry`: a function of saeexp.cli by name (`main`, `eval_main`), or the entry function itself."""
     import saeexp.cli
 
+    import logging
+
     old, sys.argv = sys.argv, list(argv)
+    handlers = logging.root.handlers[:]
     try:
         with pytest.raises(SystemExit) as exited:
-            getattr(saeexp.cli, entry)()
+            (getattr(saeexp.cli, entry) if isinstance(entry, str) else entry)()
     finally:
         sys.argv = old
+        # logging handlers made during the call (Hydra's, Lightning's at import) hold this test's captured
+        # streams, which close with the test: later tests would log into closed files
+        for h in logging.root.handlers[:]:
+            if h not in handlers:
+                logging.root.removeHandler(h)
+                h.close()
+        for lg in logging.Logger.manager.loggerDict.values():
+            for h in getattr(lg, "handlers", []):
+                if type(h) is logging.StreamHandler and h.stream in (sys.stdout, sys.stderr):
+                    h.setStream(sys.__stderr__)
     return exited.value.code, capsys.readouterr().err
 
 
@@ -238,3 +252,14 @@ def test_disk_full_during_training_is_one_line_keeps_checkpoint_and_fails_the_ru
 
     run = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run((ckpt.parent.parent / "mlflow_run_id").read_text())
     assert run.info.status == "FAILED" and "No space left" in run.data.tags["failure_reason"]
+
+
+def test_console_script_exits_2_and_writes_nothing(tmp_path):
+    """The installed `saeexp` command itself: exit code 2, one line, nothing inside or outside the runs root."""
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    env = {**os.environ, "SAEEXP_RUNS": str(work / "runs")}
+    p = subprocess.run(["saeexp", "experiment=../../escape"], cwd=work, env=env, capture_output=True, text=True,
+                       timeout=300)
+    one_error_line(p.returncode, p.stderr, "experiment='../../escape'")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b"]

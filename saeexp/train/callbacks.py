@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from pathlib import Path
 
@@ -20,9 +21,10 @@ def verify_checkpoint(path: Path) -> None:
     try:
         torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        found = re.search(r"GLOBAL (\S+)", str(e))  # torch names the first class or function it refused
+        what = f" (it calls or builds {found.group(1)})" if found else ""
         raise ConfigError(f"{str(path)!r}: refused to resume from it: it holds pickled objects that are not "
-                          f"weights ({first}); overwrite=true trains this run again") from None
+                          f"weights{what}; overwrite=true trains this run again") from None
     except (RuntimeError, OSError, EOFError, ValueError) as e:
         raise ConfigError(f"{str(path)!r}: not a readable checkpoint ({type(e).__name__}); overwrite=true trains "
                           "this run again") from None
