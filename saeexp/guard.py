@@ -53,6 +53,38 @@ def check_tracking(uri: str) -> None:
             raise ConfigError(f"logger.tracking_uri={redact_text(uri)!r} (MLFLOW_TRACKING_URI): not reachable "
                               f"({reason}); expected a running MLflow server, or unset MLFLOW_TRACKING_URI for a "
                               "local SQLite store")
+        refused = _refuses_credentials(uri)
+        if refused:
+            raise ConfigError(f"logger.tracking_uri={redact_text(uri)!r}: the server refused this client ({refused}); "
+                              "expected MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) "
+                              "of an account there")
+
+
+def _refuses_credentials(uri: str) -> str | None:
+    """'HTTP 401' when an authenticating server turns down the credentials MLflow will send (from the environment,
+    as MLflow's client reads them), else None; any other answer is left to MLflow's client."""
+    import base64
+    import os
+    from urllib.error import HTTPError, URLError
+    from urllib.parse import urlsplit, urlunsplit
+    from urllib.request import Request, urlopen
+
+    parts = urlsplit(uri)
+    probe = urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1],
+                        parts.path.rstrip("/") + "/api/2.0/mlflow/experiments/search", "max_results=1", ""))
+    headers = {}
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        headers["Authorization"] = f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
+    try:
+        urlopen(Request(probe, headers=headers), timeout=REACH_TIMEOUT_S).close()
+    except HTTPError as e:
+        return f"HTTP {e.code}" if e.code in (401, 403) else None
+    except (URLError, OSError, ValueError):
+        return None
+    return None
 
 
 def _unhealthy(uri: str) -> str | None:

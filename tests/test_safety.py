@@ -196,3 +196,17 @@ def test_metrics_survive_a_logging_outage(tmp_path, compose_config, monkeypatch)
     logger.log_metrics({"train/l0": 4.0}, step=2)  # works: both sent
     hist = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_metric_history(logger.run_id, "train/l0")
     assert sorted((m.step, m.value) for m in hist) == [(1, 5.0), (2, 4.0)]
+
+
+def test_the_shared_mlflow_server_is_not_opened_without_authentication(tmp_path):
+    """Off loopback, scripts/mlflow-server.sh starts only with MLflow's basic-auth app (refused before starting)."""
+    import subprocess
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "mlflow-server.sh"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    for extra, needle in (({"MLFLOW_HOST": "0.0.0.0", "MLFLOW_AUTH": "0"}, "without authentication"),
+                          ({"MLFLOW_HOST": "10.0.0.5"}, "needs MLFLOW_TRACKING_PASSWORD")):
+        p = subprocess.run(["bash", str(script), "start", str(tmp_path / "srv"), "5999"], env={**env, **extra},
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2 and needle in p.stderr, p.stderr
+        assert not (tmp_path / "srv").exists()  # nothing started, nothing written
