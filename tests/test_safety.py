@@ -210,3 +210,12 @@ def test_the_shared_mlflow_server_is_not_opened_without_authentication(tmp_path)
                            capture_output=True, text=True, timeout=60)
         assert p.returncode == 2 and needle in p.stderr, p.stderr
         assert not (tmp_path / "srv").exists()  # nothing started, nothing written
+
+
+def test_pareto_refuses_an_experiment_name_that_escapes(capsys):
+    from saeexp.sweep.pareto import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["../../escape"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().startswith("saeexp: error: experiment='../../escape'")
