@@ -110,12 +110,13 @@ def discard_created() -> None:
     if not _created:
         return
     run_dir = _created[0]
-    hydra_files = {".hydra"} | {p.name for p in run_dir.glob("*.log")} if run_dir.is_dir() else set()
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= hydra_files:
-        for name in hydra_files:
-            p = run_dir / name
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    for d in _created:  # deepest first; stops mattering at the first that holds something
+    if run_dir.is_dir():
+        hydra_files = {".hydra"} | {p.name for p in run_dir.glob("*.log")}  # Hydra's saved config, job log
+        if {p.name for p in run_dir.iterdir()} <= hydra_files:
+            for name in hydra_files:
+                p = run_dir / name
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    for d in _created:  # deepest first: the first that is not empty ends the walk
         try:
             d.rmdir()
         except OSError:
