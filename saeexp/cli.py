@@ -1,6 +1,7 @@
 """Console scripts: `saeexp` (train; a Hydra main, so `-m` sweeps and `--cfg job` work) and `saeexp-eval`."""
 from __future__ import annotations
 
+import errno
 import re
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from saeexp.errors import ConfigError, TrainingDiverged
+from saeexp.errors import ConfigError, StorageError, TrainingDiverged
 
 # the config tree lives at the project's top level (`conf/`), next to the package
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -20,7 +21,9 @@ def run_name(override_dirname: str) -> str:
     `model.d_sae=64,loss.l1=2e-3` becomes `loss.l1-2e-3_model.d_sae-64` (sorted by Hydra): no '=' or ','
     so the path can be passed back on a Hydra command line unquoted.
     """
-    name = (override_dirname or "").replace("=", "-").replace(",", "_")
+    from saeexp.redact import redact_overrides
+
+    name = redact_overrides(override_dirname).replace("=", "-").replace(",", "_")
     name = re.sub(r"[^\w.+-]", "_", name) or "default"
     return name[:200]
 
@@ -40,8 +43,10 @@ def _fail(e: Exception) -> None:
         multirun = False
     if multirun:
         raise e
-    print(f"saeexp: error: {e}", file=sys.stderr)
-    sys.exit(2)
+    from saeexp.guard import discard_created, fail
+
+    discard_created()  # refused before training: no run directory left behind
+    fail(e)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
@@ -50,8 +55,12 @@ def _train_main(cfg: DictConfig):
 
     try:
         result = train(cfg)
-    except (ConfigError, TrainingDiverged) as e:
+    except (ConfigError, TrainingDiverged, StorageError) as e:
         return _fail(e)
+    except OSError as e:  # a disk that filled up or turned read-only mid-run: say which file, keep the rest
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        return _fail(StorageError(f"cannot write {e.filename or 'a file'!r}: {e.strerror}"))
     if result.get("interrupted"):  # preempted under submitit: requeue now (exits); no-op otherwise
         from saeexp.sweep.preemption import requeue_if_preempted
 

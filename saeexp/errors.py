@@ -7,3 +7,7 @@ class ConfigError(ValueError):
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint was kept."""
+
+
+class StorageError(RuntimeError):
+    """A file could not be written (disk full, read-only); what was written before it is kept."""

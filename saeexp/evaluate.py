@@ -4,10 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from saeexp.errors import ConfigError
-from saeexp.io import load_meta, load_sae
+from saeexp.io import load_meta, load_sae, sae_dir, saved_data_config
 from saeexp.report import score, summary, write_report
 
 
@@ -16,7 +16,7 @@ def evaluate_saved(cfg: DictConfig) -> dict:
     path = Path(cfg.sae)
     sae = load_sae(path)
     meta = load_meta(path)
-    data_cfg = cfg.get("data") or OmegaConf.create(meta["data"])
+    data_cfg = cfg.get("data") or saved_data_config(meta, repr(str(sae_dir(path) / "meta.json")))
     source = instantiate(data_cfg)
     if source.d_in != sae.d_in:
         raise ConfigError(f"data.d_in={source.d_in} but the SAE at {str(path)!r} takes d_in={sae.d_in}")
@@ -24,7 +24,7 @@ def evaluate_saved(cfg: DictConfig) -> dict:
     scale = float(meta["input_scale"])
     sae.fold_input_scale(1.0 / scale)  # back to the scaled space the metrics are stated in
     scalars, arrays = score(sae, source, scale, cfg.batch_size)
-    sae_dir = path / "sae" if (path / "sae").is_dir() else path
-    result = write_report(scalars, arrays, sae_dir.parent, prefix="eval")
-    print(f"saeexp-eval: {sae_dir}\n  {summary(result)}\n  written to {sae_dir.parent / 'eval_metrics.json'}")
+    saved = sae_dir(path)
+    result = write_report(scalars, arrays, saved.parent, prefix="eval")
+    print(f"saeexp-eval: {saved}\n  {summary(result)}\n  written to {saved.parent / 'eval_metrics.json'}")
     return result

@@ -141,10 +141,10 @@ KEYS = ("mse", "fvu", "l2_ratio", "l0", "gamma", "dead", "ce_loss_recovered")
 
 def finetune_saved(cfg) -> dict:
     """`saeexp-finetune sae=<saved SAE or run dir> method=decoder`: fine-tune, score before/after, save."""
+    import yaml
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
-    from saeexp.io import load_meta, load_sae, save_sae
+    from saeexp.io import load_meta, load_sae, save_sae, saved_data_config
     from saeexp.report import score, summary, write_report
 
     if cfg.method not in METHODS:
@@ -152,7 +152,7 @@ def finetune_saved(cfg) -> dict:
     path = Path(cfg.sae)
     sae_dir = path / "sae" if (path / "sae").is_dir() else path
     sae, meta = load_sae(sae_dir), load_meta(sae_dir)
-    source = instantiate(cfg.get("data") or OmegaConf.create(meta["data"]))
+    source = instantiate(cfg.get("data") or saved_data_config(meta, repr(str(sae_dir / "meta.json"))))
     if source.d_in != sae.d_in:
         raise ConfigError(f"data.d_in={source.d_in} but the SAE at {str(path)!r} takes d_in={sae.d_in}")
     source.prepare()
@@ -169,7 +169,7 @@ def finetune_saved(cfg) -> dict:
     out = Path(cfg.out) if cfg.get("out") else sae_dir.parent / f"finetune_{cfg.method}"
     raw = copy.deepcopy(tuned).cpu()
     raw.fold_input_scale(scale)
-    model_cfg = OmegaConf.to_container(OmegaConf.load(sae_dir / "config.yaml").model, resolve=True)
+    model_cfg = yaml.safe_load((sae_dir / "config.yaml").read_text())["model"]  # checked by load_sae above
     if "decoder_norm" in model_cfg:
         model_cfg["decoder_norm"] = tuned.decoder_norm
     save_sae(raw, out / "sae", model_cfg, {**{k: v for k, v in meta.items() if k != "conventions"},

@@ -29,7 +29,7 @@ def artifact_location(tracking_uri: str) -> str | None:
 
 def make_logger(cfg: DictConfig, run_dir: Path):
     """An MLFlowLogger bound to this run directory's MLflow run (created once, reused on resume)."""
-    from lightning.pytorch.loggers import MLFlowLogger
+    from saeexp.train.mlflow_logger import BufferedMLFlowLogger as MLFlowLogger
 
     id_file = run_dir / "mlflow_run_id"
     run_id = id_file.read_text().strip() if id_file.exists() else None
@@ -94,7 +94,10 @@ def log_config(logger, cfg: DictConfig, run_dir: Path) -> None:
     """The flattened config as params, the composed config file as an artifact."""
     from saeexp.io import atomic_write_text
 
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    from saeexp.redact import redact
+
+    # secrets (URI user-info, *_token/*password*/*secret* keys) masked in params and in the config artifact
+    resolved = redact(OmegaConf.to_container(cfg, resolve=True))
     params = flatten({k: v for k, v in resolved.items() if k != "hydra"})
     client = logger.experiment
     existing = client.get_run(logger.run_id).data.params

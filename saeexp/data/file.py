@@ -32,9 +32,12 @@ def open_array(path: Path, key: str | None = None):
         def read(lo, hi, out):
             out.numpy()[:] = arr[lo:hi]  # straight from the page cache into the buffer (converts fp16)
     elif path.suffix == ".safetensors":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        f = safe_open(str(path), framework="pt")
+        try:
+            f = safe_open(str(path), framework="pt")
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ConfigError(f"data.path={str(path)!r}: not a readable .safetensors file ({e})") from None
         keys = list(f.keys())
         if key is None:
             if len(keys) != 1:
@@ -66,6 +69,24 @@ class FileSource(ActivationSource):
 
     def prepare(self) -> None:
         self._open()
+        self._check_finite()
+
+    def _check_finite(self) -> None:
+        """One pass over the file before training: a NaN or inf row is named here, not found as a NaN loss later."""
+        buf = torch.empty(min(self.chunk_tokens, self.n_rows), self.d_in)
+        for lo in range(0, self.n_rows, buf.shape[0]):
+            rows = buf[:min(buf.shape[0], self.n_rows - lo)]
+            try:
+                self._read(lo, lo + rows.shape[0], rows)
+            except (OSError, ValueError, RuntimeError) as e:  # e.g. a file truncated after its header was read
+                raise ConfigError(f"data.path={str(self.path)!r}: not readable at rows {lo}.. "
+                                  f"({type(e).__name__}: {e})") from None
+            bad = ~torch.isfinite(rows).all(dim=1)
+            if bad.any():
+                row = lo + int(bad.nonzero()[0])
+                what = "NaN" if torch.isnan(buf[row - lo]).any() else "an infinite value"
+                raise ConfigError(f"data.path={str(self.path)!r}: row {row} holds {what}; expected finite "
+                                  "activations")
 
     def _open(self):
         if self._reader is None:

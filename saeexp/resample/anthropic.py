@@ -14,6 +14,7 @@ state dict, so a resumed run resamples exactly as an uninterrupted one would.
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 
 import torch
@@ -133,6 +134,9 @@ class AnthropicResampler(nn.Module):
 
     def validate(self, sae) -> None:
         """Raise ConfigError when `sae` lacks the parameters a resample rewrites (checked before training)."""
+        if getattr(sae, "auxk", 0) > 0:  # allowed (an ablation), but it duplicates what AuxK does
+            print(f"saeexp: warning: resampler=anthropic on {type(sae).__name__}: AuxK (model.auxk={sae.auxk:g}) "
+                  "already revives dead latents; resampling as well, as asked", file=sys.stderr)
         for name, dim in (("W_dec", 0), *encoder_rows(sae)):
             p = getattr(sae, name, None)
             if not isinstance(p, Tensor) or p.ndim <= dim or p.shape[dim] != sae.d_sae:

@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from saeexp.redact import redact_text
 from saeexp.sweep.frontier import FVU, L0, aggregate, mark_frontiers, table
 
 KIND_TAG = "saeexp.kind"
@@ -49,7 +50,7 @@ def report(experiment: str, tracking_uri: str, out_dir: Path, do_reconcile: bool
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        raise SystemExit(f"saeexp-pareto: no MLflow experiment {experiment!r} at {tracking_uri}")
+        raise SystemExit(f"saeexp-pareto: no MLflow experiment {experiment!r} at {redact_text(tracking_uri)}")
     marked = reconcile(client, exp.experiment_id) if do_reconcile else []
     runs, counts = read_runs(client, exp.experiment_id)
     points = aggregate(runs)
@@ -92,11 +93,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-log", action="store_true", help="do not log the plots to MLflow")
     a = ap.parse_args(argv)
     uri = a.tracking_uri or default_tracking_uri()
+    if not a.out:  # the experiment name becomes a directory under the runs root: one plain name only
+        from saeexp.errors import ConfigError
+        from saeexp.safepath import path_part
+
+        try:
+            path_part("experiment", a.experiment)
+        except ConfigError as e:
+            ap.exit(2, f"saeexp: error: {e}\n")
     out = Path(a.out) if a.out else Path(os.environ.get("SAEEXP_RUNS") or "runs") / a.experiment
     r = report(a.experiment, uri, out, do_reconcile=not a.no_reconcile, log=not a.no_log)
     for run_id, reason in r["marked_failed"]:
         print(f"marked FAILED: run {run_id}: {reason}")
-    print(f"experiment {a.experiment!r} at {uri}: runs by status {r['status_counts']}")
+    print(f"experiment {a.experiment!r} at {redact_text(uri)}: runs by status {r['status_counts']}")
     print(r["table"])
     if "png" in r:
         print(f"plots: {r['png']}  {r['html']}" + (f"  (logged to MLflow run {r['pareto_run_id']})"

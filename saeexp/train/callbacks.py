@@ -1,14 +1,33 @@
 """Callbacks: atomic resumable checkpoints, the divergence guard, a progress bar with tokens/s."""
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import time
 from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
-from saeexp.errors import TrainingDiverged
+from saeexp.errors import ConfigError, StorageError, TrainingDiverged
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Refuse, before resuming, a checkpoint that is unreadable or holds anything but tensors and containers:
+    loading with weights_only=True never runs code that a planted or downloaded file carries."""
+    import pickle
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))  # torch names the first class or function it refused
+        what = f" (it calls or builds {found.group(1)})" if found else ""
+        raise ConfigError(f"{str(path)!r}: refused to resume from it: it holds pickled objects that are not "
+                          f"weights{what}; overwrite=true trains this run again") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        raise ConfigError(f"{str(path)!r}: not a readable checkpoint ({type(e).__name__}); overwrite=true trains "
+                          "this run again") from None
 
 
 class RunCheckpoint(Callback):
@@ -30,10 +49,17 @@ class RunCheckpoint(Callback):
         """Save now if the weights are healthy; return whether it saved."""
         if not self.healthy(trainer.lightning_module):
             return False
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        trainer.save_checkpoint(str(tmp))
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            trainer.save_checkpoint(str(tmp), weights_only=False)  # the full state (optimiser, loops): resumable
+            os.replace(tmp, self.path)
+        except OSError as e:  # disk full or read-only: drop the partial file, keep the last good checkpoint
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            kept = f"kept the last good checkpoint {str(self.path)!r}" if self.path.exists() else "no checkpoint yet"
+            raise StorageError(f"cannot write checkpoint {str(tmp)!r}: {e.strerror or e} at step "
+                               f"{trainer.global_step}; {kept}") from None
         return True
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:

@@ -11,11 +11,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from saeexp.checks import check_config
 from saeexp.errors import ConfigError, TrainingDiverged
 from saeexp.io import save_sae
+from saeexp.redact import redact_text
 from saeexp.report import score, summary, write_report
 from saeexp.train import init
-from saeexp.train.callbacks import RunCheckpoint, TokensProgressBar
+from saeexp.train.callbacks import RunCheckpoint, TokensProgressBar, verify_checkpoint
 from saeexp.train.datamodule import ActivationDataModule
 from saeexp.train.module import SAEModule
 
@@ -54,9 +56,10 @@ def build(cfg: DictConfig, source=None):
     penalties += [make(v) for v in (cfg.get("extra_losses") or {}).values() if v is not None]
     for term in penalties:
         term.validate(sae)
-    if getattr(sae, "needs_sparsity_penalty", False) and not any(p.is_sparsity for p in penalties):
-        raise ConfigError(f"model={type(sae).__name__} with no sparsity penalty: it would learn no sparsity; "
-                          "pick loss=l1 (or another penalty)")
+    if getattr(sae, "needs_sparsity_penalty", False) and not any(p.is_sparsity and p.coef > 0 for p in penalties):
+        zero = [f"loss.{k}=0" for k in ("l1", "l0") if OmegaConf.select(cfg, f"loss.{k}") == 0]
+        raise ConfigError(f"model={type(sae).__name__} with {zero[0] if zero else 'no sparsity penalty'}: it would "
+                          "learn no sparsity; expected a coefficient > 0 (loss=l1, loss.l1=2e-3)")
     resampler = make(cfg.resampler) if cfg.get("resampler") and cfg.resampler.get("_target_") else None
     if resampler is not None and hasattr(resampler, "validate"):
         resampler.validate(sae)
@@ -65,6 +68,7 @@ def build(cfg: DictConfig, source=None):
 
 def train(cfg: DictConfig) -> dict:
     """Train (or resume, or return the finished result of) the run in `cfg.paths.run_dir`."""
+    check_config(cfg)  # also run by the CLI's guard before Hydra writes anything; here for direct callers
     run_dir = Path(cfg.paths.run_dir)
     metrics_path = run_dir / "metrics.json"
     ckpt = run_dir / "checkpoints" / "last.ckpt"
@@ -100,6 +104,8 @@ def train(cfg: DictConfig) -> dict:
 
     from saeexp.tracking import log_config, make_logger
 
+    if ckpt.exists():
+        verify_checkpoint(ckpt)
     logger = make_logger(cfg, run_dir)
     log_config(logger, cfg, run_dir)
     saver = RunCheckpoint(ckpt, cfg.train.checkpoint_every, cfg.train.log_every)
@@ -107,7 +113,8 @@ def train(cfg: DictConfig) -> dict:
     trainer: L.Trainer = instantiate(cfg.trainer, max_steps=steps, logger=logger, callbacks=callbacks,
                                      default_root_dir=str(run_dir), enable_checkpointing=False)
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt.exists() else None)
+        # weights_only: a checkpoint never unpickles code, whatever the torch version's default
+        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt.exists() else None, weights_only=True)
         # interrupted, or stopped early by a callback (preempted: saeexp.sweep.preemption): the checkpoint is
         # saved; the requeued job resumes
         if trainer.interrupted or trainer.global_step < steps:
@@ -115,8 +122,7 @@ def train(cfg: DictConfig) -> dict:
         saver.save(trainer)
     except Exception as e:  # any failure: the MLflow run says why (a SIGKILLed job cannot: saeexp-pareto reconciles)
         reason = str(e) if isinstance(e, (TrainingDiverged, ConfigError)) else f"{type(e).__name__}: {e}"
-        logger.experiment.set_tag(logger.run_id, "failure_reason", reason[:5000])
-        logger.finalize("failed")
+        logger.mark_failed(redact_text(reason))  # never raises: a store on a full disk must not hide `e`
         raise
 
     scalars, arrays = score(sae, source, scale)
@@ -137,7 +143,8 @@ def train(cfg: DictConfig) -> dict:
     logger.experiment.log_artifacts(logger.run_id, str(run_dir / "sae"), "sae")
     logger.finalize("success")
     print(f"saeexp: finished {steps} steps ({steps * batch_size:,} tokens) in {run_dir}\n  {summary(result)}\n"
-          f"  MLflow: experiment '{cfg.logger.experiment}', run {logger.run_id} at {cfg.logger.tracking_uri}\n"
+          f"  MLflow: experiment '{cfg.logger.experiment}', run {logger.run_id} at "
+          f"{redact_text(cfg.logger.tracking_uri)}\n"
           f"  SAE: {run_dir / 'sae'}  (saeexp.load_sae(path))")
     if verdict is not None:
         print(f"saeexp: warning: the run finished but did not learn ({verdict}); it is left out of Pareto "

@@ -1,0 +1,66 @@
+"""Checks of a composed training config that need nothing built: run before any directory or MLflow run exists."""
+from __future__ import annotations
+
+import math
+
+from omegaconf import DictConfig, OmegaConf
+
+from saeexp.errors import ConfigError
+from saeexp.safepath import path_part
+
+# groups whose numbers must be finite (paths, logger and hydra hold no coefficients; their strings may be URIs)
+_NUMERIC_GROUPS = ("model", "loss", "extra_losses", "data", "resampler", "optimizer", "train")
+
+
+def _value(cfg: DictConfig, key: str):
+    """The resolved value at `key`, or None when absent or not resolvable here (left to the code that uses it)."""
+    try:
+        return OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+    except Exception:  # noqa: BLE001 - an interpolation needing a runtime field (${hydra:...}) not set yet
+        return None
+
+
+def _non_finite(node, prefix: str):
+    """(key, value) of the first float that is NaN or infinite in a plain tree, else None."""
+    if isinstance(node, dict):
+        items = node.items()
+    elif isinstance(node, list):
+        items = enumerate(node)
+    else:
+        return (prefix, node) if isinstance(node, float) and not math.isfinite(node) else None
+    for k, v in items:
+        hit = _non_finite(v, f"{prefix}.{k}" if prefix else str(k))
+        if hit:
+            return hit
+    return None
+
+
+def check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
+        raise ConfigError(f"seed={seed!r}: expected an integer in [0, 2**32)")
+    return seed
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise a ConfigError naming the key for a value no run could use: checked before anything is written."""
+    if "experiment" in cfg:
+        path_part("experiment", _value(cfg, "experiment"))
+    if "seed" in cfg:
+        check_seed(_value(cfg, "seed"))
+    for group in _NUMERIC_GROUPS:
+        node = _value(cfg, group)
+        if isinstance(node, DictConfig):
+            try:
+                plain = OmegaConf.to_container(node, resolve=True, throw_on_missing=False)
+            except Exception:  # noqa: BLE001 - unresolvable here; the constructors report it
+                continue
+            hit = _non_finite(plain, group)
+            if hit:
+                raise ConfigError(f"{hit[0]}={hit[1]}: expected a finite number")
+    for key in ("loss.l1", "loss.l0"):
+        coef = _value(cfg, key)
+        if coef is not None and (isinstance(coef, bool) or not isinstance(coef, (int, float)) or coef < 0):
+            raise ConfigError(f"{key}={coef!r}: expected a number >= 0")
+    lr = _value(cfg, "optimizer.lr")
+    if "optimizer" in cfg and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+        raise ConfigError(f"optimizer.lr={lr!r}: expected a number > 0")
