@@ -128,6 +128,10 @@ def train(cfg: DictConfig) -> dict:
               "data": OmegaConf.to_container(cfg.data, resolve=True), "run_dir": str(run_dir)})
     result = write_report(scalars, arrays, run_dir, logger)
     logger.experiment.log_artifacts(logger.run_id, str(run_dir / "sae"), "sae")
+    from saeexp.features.cli import dashboard, wanted
+
+    if wanted(cfg, source):  # single data=lm runs: features.html (the model is already loaded for the CE eval)
+        dashboard(raw, source, run_dir, logger.experiment, logger.run_id)
     logger.finalize("success")
     print(f"saeexp: finished {steps} steps ({steps * batch_size:,} tokens) in {run_dir}\n  {summary(result)}\n"
           f"  MLflow: experiment '{cfg.logger.experiment}', run {logger.run_id} at {cfg.logger.tracking_uri}\n"
