@@ -52,10 +52,9 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu"):
     from safetensors.torch import load_file
 
     from saeexp.errors import ConfigError
-
-    path = Path(path)
     from saeexp.interop import saelens
 
+    path = Path(path)
     if saelens.is_folder(path):  # a SAELens folder (cfg.json + sae_weights.safetensors), read natively
         return saelens.load(path)[0].to(device).eval()
     if path.is_dir() and (path / "sae").is_dir() and not (path / "sae.safetensors").exists():
@@ -75,9 +74,9 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu"):
 
 def load_meta(path: str | Path) -> dict:
     """A saved SAE's meta.json; for a SAELens folder, only what it says (no input scale, no data config)."""
-    path = Path(path)
     from saeexp.interop import saelens
 
+    path = Path(path)
     if saelens.is_folder(path):
         return {"saelens": saelens.read_cfg(path)}
     if (path / "sae").is_dir():

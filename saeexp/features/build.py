@@ -35,7 +35,7 @@ def _reader(source):
 
 def compute(sae, source, k: int = S.TOP) -> S.FeatureStats:
     """Everything the dashboard shows, for an SAE on raw activations and a prepared `data=lm` source."""
-    sae = sae.eval()
+    sae = sae.eval().cpu()  # the held-out chunks are read on the CPU
     chunks, read_window, per, first = _reader(source)
     vals_KF, rows_KF, count_F, n = S.stream_top(sae, chunks(), sae.d_sae, k)
     max_F = vals_KF[0].clamp_min(0)
@@ -44,7 +44,7 @@ def compute(sae, source, k: int = S.TOP) -> S.FeatureStats:
     st.extras["ctx_FKO"] = S.context_acts(sae, read_window, st.top_rows_FK, per, first)
     W_dec = sae.W_dec.detach()
     bridge = source.bridge()
-    st.extras["logits"] = S.logit_effects(W_dec, bridge.W_U.detach())
+    st.extras["logits"] = S.logit_effects(W_dec, bridge.W_U.detach().to(W_dec.device))
     st.extras["neighbours"] = S.neighbours(W_dec)
     st.extras["tokenizer"] = bridge.tokenizer
     st.extras["windows"] = source.windows("heldout")

@@ -131,7 +131,12 @@ def train(cfg: DictConfig) -> dict:
     from saeexp.features.cli import dashboard, wanted
 
     if wanted(cfg, source):  # single data=lm runs: features.html (the model is already loaded for the CE eval)
-        dashboard(raw, source, run_dir, logger.experiment, logger.run_id)
+        try:
+            dashboard(raw, source, run_dir, logger.experiment, logger.run_id)
+        except Exception as e:  # the SAE and its metrics are saved: a dashboard failure is reported, not fatal
+            logger.experiment.set_tag(logger.run_id, "features_error", f"{type(e).__name__}: {e}"[:5000])
+            print(f"saeexp: warning: no feature dashboard ({type(e).__name__}: {e}); "
+                  f"`saeexp-features {run_dir}` retries")
     logger.finalize("success")
     print(f"saeexp: finished {steps} steps ({steps * batch_size:,} tokens) in {run_dir}\n  {summary(result)}\n"
           f"  MLflow: experiment '{cfg.logger.experiment}', run {logger.run_id} at {cfg.logger.tracking_uri}\n"
