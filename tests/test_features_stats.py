@@ -36,6 +36,23 @@ def test_streamed_top_k_and_histograms_equal_all_at_once(one_thread):
     torch.testing.assert_close(hist[f].float(), torch.histc(live, bins=8, min=0, max=float(live.max())), atol=1, rtol=0)
 
 
+def test_context_activations_are_the_windows_own(one_thread):
+    torch.manual_seed(0)
+    sae, per = ReLUSAE(8, 12).eval(), 10
+    x = torch.randn(7 * per, 8)  # 7 windows of 10 trained positions
+    rows_FK = torch.randint(0, 7 * per, (12, 3))
+    rows_FK[0, 2] = -1  # fewer contexts than k
+    got = S.context_acts(sae, lambda lo, hi: x[lo:hi], rows_FK, per, half=4, block_rows=25)
+    with torch.no_grad():
+        acts = sae.encode(x)
+    for f in range(12):
+        for k in range(3):
+            r = int(rows_FK[f, k])
+            for j, o in enumerate(range(-4, 5)):
+                same_window = r >= 0 and (r % per) + o in range(per)
+                assert got[f, k, j] == (acts[r + o, f] if same_window else 0.0)
+
+
 def test_neighbours_are_the_most_similar_other_rows():
     W = torch.eye(4).repeat(2, 1) + 0.01 * torch.arange(8.0)[:, None]  # rows i and i + 4 nearly parallel
     ids, cos = S.neighbours(W, n=1)

@@ -15,7 +15,7 @@ CHUNK = 4096  # held-out rows encoded at a time: memory is O(CHUNK x d_sae) what
 
 
 def _reader(source):
-    """(chunks() iterator factory, read_window(w), rows per window, first trained position) of an LM source."""
+    """(chunks() iterator factory, read_rows(lo, hi), rows per window, first trained position) of an LM source."""
     read, n = source._array("heldout")
     per = source.context_size - source.first
 
@@ -25,23 +25,23 @@ def _reader(source):
             read(lo, lo + buf.shape[0], buf)
             yield buf
 
-    def read_window(w):
-        buf = torch.empty(per, source.d_in)
-        read(w * per, (w + 1) * per, buf)
+    def read_rows(lo, hi):
+        buf = torch.empty(hi - lo, source.d_in)
+        read(lo, hi, buf)
         return buf
 
-    return chunks, read_window, per, source.first
+    return chunks, read_rows, per, source.first
 
 
 def compute(sae, source, k: int = S.TOP) -> S.FeatureStats:
     """Everything the dashboard shows, for an SAE on raw activations and a prepared `data=lm` source."""
     sae = sae.eval().cpu()  # the held-out chunks are read on the CPU
-    chunks, read_window, per, first = _reader(source)
+    chunks, read_rows, per, first = _reader(source)
     vals_KF, rows_KF, count_F, n = S.stream_top(sae, chunks(), sae.d_sae, k)
     max_F = vals_KF[0].clamp_min(0)
     st = S.FeatureStats(n, count_F.float() / max(n, 1), max_F, rows_KF.t().contiguous(), vals_KF.t().contiguous(),
                         S.histograms(sae, chunks(), max_F))
-    st.extras["ctx_FKO"] = S.context_acts(sae, read_window, st.top_rows_FK, per, first)
+    st.extras["ctx_FKO"] = S.context_acts(sae, read_rows, st.top_rows_FK, per)
     W_dec = sae.W_dec.detach()
     bridge = source.bridge()
     st.extras["logits"] = S.logit_effects(W_dec, bridge.W_U.detach().to(W_dec.device))

@@ -61,11 +61,12 @@ def histograms(sae, chunks, max_F: Tensor, bins: int = BINS) -> Tensor:
 
 
 @torch.no_grad()
-def context_acts(sae, read_window, top_rows_FK: Tensor, per: int, first: int, half: int = HALF) -> Tensor:
-    """Each top context's activations at positions -half..+half around its token (uint8 of value / feature max).
+def context_acts(sae, read_rows, top_rows_FK: Tensor, per: int, half: int = HALF, block_rows: int = 4096) -> Tensor:
+    """Each top context's activations at positions -half..+half around its token, [F, K, 2 half + 1].
 
-    Rows are held-out activation rows: window r // per, position first + r % per; outside a window's trained
-    positions (BOS, or past either end) the value is 0. Windows are read and encoded one at a time.
+    Rows are held-out activation rows, `per` to a token window; outside the window's trained positions (BOS,
+    or past either end) the value is 0. Runs of whole windows (about block_rows rows) are read and encoded at
+    once, and every context in them gathered in one indexing operation.
     """
     F, K = top_rows_FK.shape
     out = torch.zeros(F, K, 2 * half + 1)
@@ -73,12 +74,16 @@ def context_acts(sae, read_window, top_rows_FK: Tensor, per: int, first: int, ha
     rows_N = top_rows_FK[f_N, k_N]
     win_N = rows_N // per
     offs = torch.arange(-half, half + 1)
-    for w in win_N.unique().tolist():
-        sel = (win_N == w).nonzero().squeeze(1)
-        acts_TF = sae.encode(read_window(w)).float()  # [per, F]
-        pos_NO = (rows_N[sel] % per)[:, None] + offs  # positions in the window's trained rows
-        ok = (pos_NO >= 0) & (pos_NO < per)
-        vals = acts_TF[pos_NO.clamp(0, per - 1), f_N[sel][:, None]]
+    per_block = max(1, block_rows // per)
+    blk_N = win_N // per_block
+    for b in blk_N.unique().tolist():
+        sel = (blk_N == b).nonzero().squeeze(1)
+        w0, w1 = b * per_block, int(win_N[sel].max()) + 1
+        acts_TF = sae.encode(read_rows(w0 * per, w1 * per)).float()
+        pos_N = rows_N[sel] % per
+        ok = ((pos_N[:, None] + offs) >= 0) & ((pos_N[:, None] + offs) < per)
+        at = (rows_N[sel] - w0 * per)[:, None] + offs  # rows in the block; masked where outside the window
+        vals = acts_TF[at.clamp(0, acts_TF.shape[0] - 1), f_N[sel][:, None]]
         out[f_N[sel], k_N[sel]] = torch.where(ok, vals, 0.0)
     return out
 
