@@ -4,8 +4,9 @@ __version__ = "0.1.0"
 
 
 def load_sae(path, device="cpu", config_dirs=None):
-    """Load a saved SAE (a `sae/` directory or a run directory) as a plain torch module on raw activations.
-    Its variant key must name a model config of the package or of `config_dirs`; nothing in the folder runs."""
+    """Load a saved SAE (a `sae/` directory, a run directory, or a SAELens folder) as a plain torch module on
+    raw activations. Its variant key must name a model config of the package or of `config_dirs`; nothing in
+    the folder runs."""
     from saeexp.io import load_sae as _load
 
     return _load(path, device, config_dirs)

@@ -82,8 +82,21 @@ def main() -> None:
     _train_main()
 
 
+def saved_sae_argv(argv: list[str]) -> list[str]:
+    """`saeexp-eval PATH [--out DIR] [overrides]` as Hydra overrides: a leading path is `sae=`, `--out` is `out=`
+    (paths need no Hydra quoting)."""
+    argv = list(argv)
+    if len(argv) > 1 and "=" not in argv[1] and not argv[1].startswith("-"):
+        argv[1] = f"sae='{argv[1]}'"
+    for i, a in enumerate(argv):
+        if a.startswith("--out="):
+            argv[i] = f"out='{a[len('--out='):]}'"
+        elif a == "--out" and i + 1 < len(argv):
+            argv[i:i + 2] = [f"out='{argv[i + 1]}'"]
+            break
+    return argv
+
+
 def eval_main() -> None:
-    # `saeexp-eval PATH [overrides]`: a leading path is the SAE to score (paths need no Hydra quoting)
-    if len(sys.argv) > 1 and "=" not in sys.argv[1] and not sys.argv[1].startswith("-"):
-        sys.argv[1] = f"sae='{sys.argv[1]}'"
+    sys.argv = saved_sae_argv(sys.argv)
     _eval_main()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -142,21 +143,15 @@ KEYS = ("mse", "fvu", "l2_ratio", "l0", "gamma", "dead", "ce_loss_recovered")
 def finetune_saved(cfg) -> dict:
     """`saeexp-finetune sae=<saved SAE or run dir> method=decoder`: fine-tune, score before/after, save."""
     import yaml
-    from hydra.utils import instantiate
 
-    from saeexp.io import load_meta, load_sae, save_sae, saved_data_config
+    from saeexp.evaluate import open_saved, out_dir
+    from saeexp.io import save_sae
     from saeexp.report import score, summary, write_report
 
     if cfg.method not in METHODS:
         raise ConfigError(f"method={cfg.method!r}: expected one of {METHODS}")
-    path = Path(cfg.sae)
+    path, sae, meta, source, scale = open_saved(cfg)
     sae_dir = path / "sae" if (path / "sae").is_dir() else path
-    sae, meta = load_sae(sae_dir), load_meta(sae_dir)
-    source = instantiate(cfg.get("data") or saved_data_config(meta, repr(str(sae_dir / "meta.json"))))
-    if source.d_in != sae.d_in:
-        raise ConfigError(f"data.d_in={source.d_in} but the SAE at {str(path)!r} takes d_in={sae.d_in}")
-    source.prepare()
-    scale = float(meta["input_scale"])
     sae.fold_input_scale(1.0 / scale)  # work in the scaled space the SAE was trained in
     torch.manual_seed(cfg.seed)
     before, _ = score(sae, source, scale, cfg.batch_size)
@@ -166,13 +161,20 @@ def finetune_saved(cfg) -> dict:
     tuned = model.to_sae()
     after, arrays = score(tuned, source, scale, cfg.batch_size)
 
-    out = Path(cfg.out) if cfg.get("out") else sae_dir.parent / f"finetune_{cfg.method}"
+    out = out_dir(cfg, path, f"finetune/{path.resolve().name}_{cfg.method}",
+                  sae_dir.parent / f"finetune_{cfg.method}")
     raw = copy.deepcopy(tuned).cpu()
     raw.fold_input_scale(scale)
-    model_cfg = yaml.safe_load((sae_dir / "config.yaml").read_text())["model"]  # checked by load_sae above
+    if "saelens" in meta:
+        from saeexp.interop import saelens
+
+        model_cfg = saelens.load(path)[1]["model_cfg"]
+    else:
+        model_cfg = yaml.safe_load((sae_dir / "config.yaml").read_text())["model"]  # checked by load_sae
     if "decoder_norm" in model_cfg:
         model_cfg["decoder_norm"] = tuned.decoder_norm
-    save_sae(raw, out / "sae", model_cfg, {**{k: v for k, v in meta.items() if k != "conventions"},
+    meta = {k: v for k, v in meta.items() if k not in ("conventions", "saelens")}
+    save_sae(raw, out / "sae", model_cfg, {**meta,
                                           "finetune": {"method": cfg.method, "from": str(sae_dir), "steps": steps,
                                                        "tokens": steps * int(cfg.batch_size)}})
     scalars = {**after, **{f"before/{k}": v for k, v in before.items() if isinstance(v, (int, float))}}
@@ -193,7 +195,9 @@ def main() -> None:
     """Console script `saeexp-finetune` (a Hydra main over conf/finetune.yaml)."""
     import hydra
 
-    from saeexp.cli import CONF_DIR, _fail
+    from saeexp.cli import CONF_DIR, _fail, saved_sae_argv
+
+    sys.argv = saved_sae_argv(sys.argv)
 
     @hydra.main(config_path=CONF_DIR, config_name="finetune", version_base="1.3")
     def _main(cfg):

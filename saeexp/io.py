@@ -111,6 +111,10 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu", config_dirs=N
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from saeexp.interop import saelens
+
+    if saelens.is_folder(Path(path)):  # a SAELens folder (cfg.json + sae_weights.safetensors), read natively
+        return saelens.load(Path(path))[0].to(device).eval()
     path = sae_dir(path)
     weights = path / "sae.safetensors"
     if not weights.exists():
@@ -134,7 +138,12 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu", config_dirs=N
 
 
 def load_meta(path: str | Path) -> dict:
-    """`meta.json` of a saved SAE (plain JSON); a ConfigError naming the file when it cannot be read."""
+    """`meta.json` of a saved SAE (plain JSON); a ConfigError naming the file when it cannot be read.
+    For a SAELens folder, only what its cfg.json says (no input scale, no data config)."""
+    from saeexp.interop import saelens
+
+    if saelens.is_folder(Path(path)):
+        return {"saelens": saelens.read_cfg(Path(path))}
     path = sae_dir(path) / "meta.json"
     try:
         meta = json.loads(path.read_text())

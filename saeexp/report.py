@@ -59,6 +59,14 @@ def write_report(scalars: dict, arrays: dict, run_dir: Path, logger=None, prefix
     """metrics.json + PNG in the run directory; the same to MLflow when a logger is given."""
     run_dir.mkdir(parents=True, exist_ok=True)
     png = histograms(arrays, run_dir / f"{prefix}_histograms.png")
+    # per-feature firing frequency on the evaluation set (an export's sparsity.safetensors); atomic, as the rest
+    import os
+
+    from safetensors.torch import save_file
+
+    dpath = run_dir / f"{prefix}_density.safetensors"
+    save_file({"density": arrays["density"].detach().cpu().float().contiguous()}, str(dpath) + ".tmp")
+    os.replace(str(dpath) + ".tmp", dpath)
     clean = {k: (v if not (isinstance(v, float) and math.isnan(v)) else None) for k, v in scalars.items()}
     mpath = run_dir / ("metrics.json" if prefix == "final" else f"{prefix}_metrics.json")
     atomic_write_text(mpath, json.dumps(clean, indent=2, sort_keys=True))

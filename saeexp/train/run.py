@@ -141,6 +141,15 @@ def train(cfg: DictConfig) -> dict:
         logger.experiment.set_tag(logger.run_id, "saeexp.learning", verdict)
     result = write_report(scalars, arrays, run_dir, logger)
     logger.experiment.log_artifacts(logger.run_id, str(run_dir / "sae"), "sae")
+    from saeexp.features.cli import dashboard, wanted
+
+    if wanted(cfg, source):  # single data=lm runs: features.html (the model is already loaded for the CE eval)
+        try:
+            dashboard(raw, source, run_dir, logger.experiment, logger.run_id)
+        except Exception as e:  # the SAE and its metrics are saved: a dashboard failure is reported, not fatal
+            logger.experiment.set_tag(logger.run_id, "features_error", f"{type(e).__name__}: {e}"[:5000])
+            print(f"saeexp: warning: no feature dashboard ({type(e).__name__}: {e}); "
+                  f"`saeexp-features {run_dir}` retries")
     logger.finalize("success")
     print(f"saeexp: finished {steps} steps ({steps * batch_size:,} tokens) in {run_dir}\n  {summary(result)}\n"
           f"  MLflow: experiment '{cfg.logger.experiment}', run {logger.run_id} at "

@@ -1,0 +1,1 @@
+"""Feature dashboards: one self-contained HTML file per run (`saeexp-features RUN`)."""
