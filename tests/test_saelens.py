@@ -25,7 +25,7 @@ from saeexp.io import load_sae, save_sae
 from saeexp.sae import SCSAE, BatchTopKSAE, GatedSAE, JumpReLUSAE, ReLUSAE, TopKSAE
 
 pytestmark = pytest.mark.slow
-D_IN, D_SAE = 32, 96  # d_in as data=synthetic's default, so a SAELens-saved SAE can be scored on it
+D_IN, D_SAE = 64, 96  # d_in as data=synthetic's default, so a SAELens-saved SAE can be scored on it
 EXPORTABLE = {"relu": ReLUSAE, "gated": GatedSAE, "jumprelu": JumpReLUSAE, "topk": TopKSAE, "batchtopk": BatchTopKSAE}
 NATIVE = ("standard", "standard_no_b_dec_in", "gated", "gated_no_b_dec_in", "jumprelu", "topk", "topk_rescaled")
 
@@ -120,8 +120,9 @@ def test_saelens_computes_what_saeexp_computes_for_every_exported_variant(peer, 
         acts = saes[name].encode(x)
         x_hat = saes[name].decode(acts)
     assert (acts > 0).any(1).float().mean() > 0.5  # the comparison is not between empty codes
-    torch.testing.assert_close(got["acts"], acts, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(got["x_hat"], x_hat, rtol=1e-5, atol=1e-5)
+    # fp32 sums in another order (SAELens' ops): rounding of ~1e-5 on values of order 1
+    torch.testing.assert_close(got["acts"], acts, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got["x_hat"], x_hat, rtol=1e-4, atol=1e-4)
     # and back: SAELens' own save of what it loaded reads into saeexp with the same outputs
     back = load_sae(work / "resaved" / name)
     torch.testing.assert_close(back.encode(x), acts, rtol=1e-6, atol=1e-6)
