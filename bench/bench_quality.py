@@ -39,21 +39,22 @@ from saeexp import metrics as M  # noqa: E402
 SAEEXP = [shutil.which("saeexp")] if shutil.which("saeexp") else [sys.executable, "-c", "from saeexp.cli import main; main()"]
 # variant -> saeexp overrides, the swept key and its default settings (L0 roughly 5-60 on set 1), and what it
 # is compared with: a SAELens architecture (`peer`) or another saeexp variant (`base`)
+L1_GRID = [1e-2, 3e-2, 1e-1, 3e-1]  # factor 3 apart: after a training fix the L0 response moves, the grid still spans
 VARIANTS = {
-    "relu+l1": dict(args=["model=relu", "loss=l1"], key="loss.l1", settings=[1e-2, 2e-2, 4e-2, 8e-2], peer="standard"),
-    "relu+l1_decoder_norm": dict(args=["model=relu", "loss=l1_decoder_norm"], key="loss.l1",
-                                 settings=[1e-2, 2e-2, 4e-2, 8e-2], peer="standard"),
-    "gated": dict(args=["model=gated"], key="loss.l1", settings=[1e-2, 2e-2, 4e-2, 8e-2], peer="gated"),
+    "relu+l1": dict(args=["model=relu", "loss=l1"], key="loss.l1", settings=L1_GRID, peer="standard"),
+    "relu+l1_decoder_norm": dict(args=["model=relu", "loss=l1_decoder_norm"], key="loss.l1", settings=L1_GRID,
+                                 peer="standard"),
+    "gated": dict(args=["model=gated"], key="loss.l1", settings=L1_GRID, peer="gated"),
     "jumprelu": dict(args=["model=jumprelu"], key="loss.l0", settings=[3e-3, 1e-2, 3e-2, 1e-1], peer="jumprelu"),
     "topk": dict(args=["model=topk"], key="model.k", settings=[5, 10, 20, 40], peer="topk"),
     "batchtopk": dict(args=["model=batchtopk"], key="model.k", settings=[5, 10, 20, 40], peer="batchtopk",
                       base="topk"),
-    "scsae": dict(args=["model=scsae"], key="loss.l1", settings=[1e-2, 2e-2, 4e-2, 8e-2], base="relu+l1"),
-    "relu+ortho": dict(args=["model=relu", "loss=l1", "ortho=nearest"], key="loss.l1",
-                       settings=[1e-2, 2e-2, 4e-2, 8e-2], base="relu+l1"),
+    "scsae": dict(args=["model=scsae"], key="loss.l1", settings=[3e-3, 1e-2, 3e-2, 1e-1], base="relu+l1"),
+    "relu+ortho": dict(args=["model=relu", "loss=l1", "ortho=nearest"], key="loss.l1", settings=L1_GRID,
+                       base="relu+l1"),
 }
-# SAELens' coefficients: its MSE sums over d_in where saeexp's averages, so its L1 scale is ~d_in times ours
-PEERS = {"standard": [0.5, 1.0, 2.0, 4.0], "gated": [0.5, 1.0, 2.0, 4.0], "jumprelu": [3e-3, 1e-2, 3e-2, 1e-1],
+# SAELens' coefficients: its MSE sums over d_in where saeexp's averages, so its L1 scale is ~d_in (64) times ours
+PEERS = {"standard": [0.5, 1.5, 5.0, 15.0], "gated": [0.5, 1.5, 5.0, 15.0], "jumprelu": [3e-3, 1e-2, 3e-2, 1e-1],
          "topk": [5, 10, 20, 40], "batchtopk": [5, 10, 20, 40]}
 
 

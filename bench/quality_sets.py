@@ -36,7 +36,7 @@ SETS = {
     },
 }
 RECIPE = dict(batch=4096, lr=4e-3, decay_frac=0.2, sparsity_warmup_frac=0.05, heldout=16384)
-BLOCK = 65536  # rows generated at once
+BLOCK_VALUES = 2 ** 25  # rows generated at once x n_features: ~128 MiB per temporary
 
 
 def cache_root() -> Path:
@@ -45,7 +45,8 @@ def cache_root() -> Path:
 
 def build(set_id: int) -> dict:
     """Write set `set_id` once (or find it written); returns its spec with the file paths."""
-    spec = {**SETS[set_id], "heldout": RECIPE["heldout"], "set": set_id}
+    # `format` names this file's way of generating: bump it when that changes, so old caches are not reused
+    spec = {**SETS[set_id], "heldout": RECIPE["heldout"], "set": set_id, "format": 1}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     folder = cache_root() / f"set{set_id}-{key}"
     if not (folder / "spec.json").exists():
@@ -65,15 +66,17 @@ def _write(spec: dict, folder: Path) -> None:
     src = SyntheticSource(**spec["data"], heldout_tokens=spec["heldout"])
     d, n_train, n_eval = src.d_in, spec["file_tokens"], spec["heldout"]
     gen = torch.Generator().manual_seed(1234)
-    codes, x = src.draw(BLOCK, torch.Generator().manual_seed(99))  # a sample for the scale only
+    block = max(1024, BLOCK_VALUES // src.n_features)
+    codes, x = src.draw(block, torch.Generator().manual_seed(99))  # a sample for the scale only
     scale = float(d ** 0.5 / x.norm(dim=1).mean())
     out = np.lib.format.open_memmap(folder / "data.npy", mode="w+", dtype=np.float32, shape=(n_train + n_eval, d))
-    for lo in range(0, n_train, BLOCK):
-        n = min(BLOCK, n_train - lo)
+    for lo in range(0, n_train, block):
+        n = min(block, n_train - lo)
         out[lo:lo + n] = (src.draw(n, gen)[1] * scale).numpy()
         print(f"  set {spec['set']}: {lo + n:,} / {n_train:,} rows", end="\r", flush=True)
     print()
-    codes, x = src.draw(n_eval, torch.Generator().manual_seed(4321))  # held out: its own stream
+    held = torch.Generator().manual_seed(4321)  # held out: its own stream
+    codes, x = map(torch.cat, zip(*(src.draw(min(block, n_eval - lo), held) for lo in range(0, n_eval, block))))
     out[n_train:] = (x * scale).numpy()
     out.flush()
     del out
