@@ -58,6 +58,17 @@ PEERS = {"standard": [0.5, 1.5, 5.0, 15.0], "gated": [0.5, 1.5, 5.0, 15.0], "jum
          "topk": [5, 10, 20, 40], "batchtopk": [5, 10, 20, 40]}
 
 
+def _code_version() -> str:
+    """saeexp's code as trained: the commit, and whether saeexp/ had uncommitted changes."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO, text=True, capture_output=True).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "saeexp") else "")
+
+
+CODE = _code_version()
+
+
 def fmt(v) -> str:
     return str(int(v)) if float(v).is_integer() and v >= 1 else f"{v:g}"
 
@@ -74,6 +85,10 @@ def saeexp_run(spec, a, variant, setting, seed, folder: Path) -> float:
            f"paths.runs_root={folder.parents[2]}"]
     if a.device == "cuda":
         cmd += ["trainer=gpu", "trainer.precision=32-true"]
+    if a.redo:
+        cmd += ["overwrite=true"]
+        for f in ("score.json", "saelens_eval.json"):
+            (folder / f).unlink(missing_ok=True)
     return _run(cmd, folder)
 
 
@@ -135,6 +150,8 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=HERE / "out")
     ap.add_argument("--saeexp-only", action="store_true")
     ap.add_argument("--peer-only", action="store_true")
+    ap.add_argument("--redo", action="store_true",
+                    help="retrain the saeexp runs asked for even if finished (after a fix); SAELens' runs are kept")
     ap.add_argument("--report-only", action="store_true", help="train nothing: tables and plots of what is there")
     ap.add_argument("--no-crosscheck", action="store_true", help="skip SAELens' own evaluation (set 1)")
     a = ap.parse_args(argv)
@@ -146,18 +163,20 @@ def main(argv=None) -> None:
     a.variants += [VARIANTS[v]["base"] for v in list(a.variants) if "base" in VARIANTS[v] and VARIANTS[v]["base"] not in a.variants]
     a.settings = [float(s) for s in a.settings.split(",")] if a.settings else None
     a.peer_settings = [float(s) for s in a.peer_settings.split(",")] if a.peer_settings else None
-    spec = quality_sets.build(a.set)
-    a.tokens = a.tokens or spec["tokens"]
+    a.tokens = a.tokens or quality_sets.SETS[a.set]["tokens"]
     a.root = (a.out / f"set{a.set}-{a.tokens}tok").resolve()
-    if not (a.saeexp_only or a.report_only):
+    if a.report_only:
+        return quality_report.report(a.root, VARIANTS, a.variants)
+    spec = quality_sets.build(a.set)
+    if not a.saeexp_only:
         a.peer_python = subprocess.run([str(REPO / "scripts" / "saelens-venv.sh")], check=True, text=True,
                                        stdout=subprocess.PIPE).stdout.strip()
     print(f"bench_quality: set {a.set} (d_in {spec['data']['d_in']}, {spec['data']['n_features']} true features, "
           f"true L0 {spec['true_l0']:.2f}), width {spec['width']}, {a.tokens:,} tokens -> {a.root}")
     x, codes, truth = quality_sets.heldout(spec)
-    todo = [] if a.report_only else list(jobs(a))
+    todo = list(jobs(a))
     for i, (lib, name, s, seed, folder) in enumerate(todo):
-        if (folder / "score.json").exists():
+        if (folder / "score.json").exists() and not (a.redo and lib == "saeexp"):
             continue
         print(f"[{i + 1}/{len(todo)}] {lib} {name} {fmt(s)} seed {seed} ...", flush=True)
         wall = (saeexp_run if lib == "saeexp" else peer_run)(spec, a, name, s, seed, folder)
@@ -166,7 +185,8 @@ def main(argv=None) -> None:
         except Exception as e:  # noqa: BLE001 - a failed run is reported and left out; a rerun retries it
             print(f"  no SAE to score ({type(e).__name__}: {e})")
             continue
-        result = {"library": lib, "name": name, "setting": s, "seed": seed, "wall_seconds": wall, **score(sae, x, codes, truth)}
+        result = {"library": lib, "name": name, "setting": s, "seed": seed, "wall_seconds": wall, "code": CODE,
+                  **score(sae, x, codes, truth)}
         (folder / "score.json").write_text(json.dumps(result, indent=2))
         print(f"  L0 {result['l0']:.1f}  FVU {result['fvu']:.3f}  recovered@0.9 {result['recovered']:.3f}  "
               f"MCC {result['mcc']:.3f}  dead {result['dead_frac']:.3f}  ({wall:.0f} s)", flush=True)

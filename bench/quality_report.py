@@ -64,6 +64,9 @@ def compare(ours: list, ref: list) -> dict:
 
 def report(root: Path, variants: dict, asked: list) -> dict:
     curves = load(root)
+    if not curves:
+        print(f"no finished runs under {root}")
+        return {}
     comparisons = {}
     for name in asked:
         ours = curves.get(("saeexp", name))
