@@ -41,7 +41,9 @@ class SyntheticSource(ActivationSource):
         self.magnitude, self.mean_magnitude = magnitude, mean_magnitude
         self.groups, self.group_size, self.group_p = groups, group_size, group_p
         self.heldout_tokens, self.seed = heldout_tokens, seed
-        gen = torch.Generator().manual_seed(seed)
+        # not manual_seed(seed): an SAE draws its initial decoder as randn(d_sae, d_in) from exactly that
+        # stream, so with data.seed == seed (the default) its first rows would start on the truth
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + 5)
         D = torch.randn(n_features, d_in, generator=gen)
         self.truth_ND = D / D.norm(dim=1, keepdim=True)
         self.p_N = max_p * (torch.arange(n_features, dtype=torch.float32) + 1) ** -alpha
