@@ -46,7 +46,7 @@ def cache_root() -> Path:
 def build(set_id: int) -> dict:
     """Write set `set_id` once (or find it written); returns its spec with the file paths."""
     # `format` names this file's way of generating: bump it when that changes, so old caches are not reused
-    spec = {**SETS[set_id], "heldout": RECIPE["heldout"], "set": set_id, "format": 1}
+    spec = {**SETS[set_id], "heldout": RECIPE["heldout"], "set": set_id, "format": 2}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     folder = cache_root() / f"set{set_id}-{key}"
     if not (folder / "spec.json").exists():
