@@ -2,18 +2,25 @@
 
     python bench/bench_variants.py            # d_in 512, batch 4096, widths 4096 and 16384, fp32
     python bench/bench_variants.py --quick    # width 4096 only, fewer repeats
+    python bench/bench_variants.py --saelens --variants relu jumprelu topk   # and tokens/s against SAELens
 
 The limit at a width is the time of the standard step's six matrix products (12 * B * d_in * width FLOPs) as
 bare `torch.mm` into preallocated buffers. A step is what the trainer does per batch, without Lightning:
 forward, every loss term (recon, the model's default penalty, its own auxiliary terms), backward, decoder-norm
 handling and a fused Adam step. Implementations are interleaved within each repeat and the median is kept,
 so machine load moves all of them together; quote the fractions, not the tokens/s.
+`--saelens` also times SAELens' counterparts of relu, jumprelu and topk (bench/saelens_step.py, in SAELens'
+venv from scripts/saelens-venv.sh, under the same allocator settings), alternating with saeexp's in rounds,
+and prints saeexp's tokens/s over SAELens'.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import time
+from pathlib import Path
 
 import torch
 
@@ -95,6 +102,31 @@ def bench_width(names, B, d_in, width, k, repeats, warmup, dead_frac):
     return {n: statistics.median(ts) for n, ts in times.items()}
 
 
+def saelens_ratios(a, width: int, reps: int, res: dict) -> dict:
+    """Alternate saeexp's and SAELens' steps in rounds; print the medians' tokens/s ratio per variant."""
+    peers = [v for v in ("relu", "jumprelu", "topk") if v in a.variants]
+    here = Path(__file__).resolve().parent
+    py = subprocess.run([str(here.parent / "scripts" / "saelens-venv.sh")], check=True, text=True,
+                        stdout=subprocess.PIPE).stdout.strip()
+    ours, theirs = [res], []
+    for r in range(a.rounds):
+        if r:
+            ours.append(bench_width(a.variants, a.batch, a.d_in, width, a.k, reps, 1, a.dead_frac))
+        cmd = [py, str(here / "saelens_step.py"), "--widths", str(width), "--variants", *peers, "--d-in",
+               str(a.d_in), "--batch", str(a.batch), "--k", str(a.k), "--dead-frac", str(a.dead_frac),
+               "--repeats", str(reps)] + (["--no-reuse-memory"] if a.no_reuse_memory else [])
+        done = subprocess.run(cmd, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if done.returncode:
+            raise SystemExit(f"bench_variants: SAELens' step failed:\n{done.stderr[-2000:]}")
+        theirs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    res = {n: statistics.median(o[n] for o in ours) for n in res}
+    for n in peers:
+        t = statistics.median(th[n][str(width)] for th in theirs)
+        print(f"  SAELens {n:<8} {width:>6} {t * 1e3:>9.1f} {a.batch / t:>9.0f} {res['limit'] / t:>6.2f}   "
+              f"saeexp/SAELens tokens/s: {t / res[n]:.2f}x", flush=True)
+    return res
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--widths", type=int, nargs="+", default=[4096, 16384])
@@ -106,6 +138,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=None, help="default: 7 at width <= 4096, else 3")
     p.add_argument("--quick", action="store_true", help="width 4096 only, 3 repeats")
     p.add_argument("--no-reuse-memory", action="store_true", help="leave glibc's mmap/trim defaults alone")
+    p.add_argument("--saelens", action="store_true", help="also SAELens' relu/jumprelu/topk step; ratio of tokens/s")
+    p.add_argument("--rounds", type=int, default=2, help="with --saelens: saeexp and SAELens alternate this often")
     a = p.parse_args(argv)
     if not a.no_reuse_memory:  # as saeexp's trainer does at fit start (train.reuse_memory)
         from saeexp.train.memory import reuse_freed_memory
@@ -118,6 +152,8 @@ def main(argv=None):
     for w in widths:
         reps = a.repeats or (3 if a.quick or w > 4096 else 7)
         res = bench_width(a.variants, a.batch, a.d_in, w, a.k, reps, 1, a.dead_frac)
+        if a.saelens:
+            res = saelens_ratios(a, w, reps, res)
         for n, t in res.items():
             frac = res["limit"] / t
             tgt = TARGETS.get(n)

@@ -91,3 +91,24 @@ def decoder_mmcs(W_dec_FD: Tensor, block: int = 4096) -> Tensor:
         c[torch.arange(c.shape[0]), torch.arange(lo, lo + c.shape[0])] = -2.0  # not itself
         best[lo:lo + block] = c.amax(dim=1)
     return best
+
+
+@torch.no_grad()
+def feature_mcc(codes_BN: Tensor, acts_BF: Tensor) -> float:
+    """MCC: mean over true features of the correlation with the learned feature matched to it one-to-one.
+
+    Correlations are Pearson's over the tokens, between true activations (codes) and learned ones; the
+    matching maximises their sum (Hungarian, so no learned feature stands for two true ones). A true
+    feature left unmatched (fewer learned than true) or constant counts 0.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    def standardised(a):
+        a = a.double()
+        a = a - a.mean(0)
+        norm = a.norm(dim=0)
+        return (a / norm.where(norm > 0, torch.ones_like(norm))).float()  # constant columns stay 0
+
+    corr_NF = (standardised(codes_BN).t() @ standardised(acts_BF)).clamp(-1, 1)
+    rows, cols = linear_sum_assignment(corr_NF.numpy(), maximize=True)
+    return float(corr_NF[rows, cols].double().sum() / codes_BN.shape[1])

@@ -58,3 +58,16 @@ def test_ground_truth_recovery():
     assert r["gt_recovered@0.9"] == pytest.approx(0.25)
     best = M.decoder_mmcs(W_dec)
     assert best.tolist() == pytest.approx([0.0, 0.0, 0.0])
+
+
+def test_feature_mcc_matches_hand_computation():
+    # true A = [1,1,0,0], B = [0,1,1,0]; learned f0 = [1,2,1,0] (correlation 1/sqrt2 with both),
+    # f1 = 3 * A (correlation 1 with A, 0 with B), f2 never fires (correlation 0)
+    codes = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [0.0, 0.0]])
+    acts = torch.tensor([[1.0, 3.0, 0.0], [2.0, 3.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    # one-to-one: A -> f1 (1), B -> f0 (1/sqrt2); f0 cannot serve A too
+    assert M.feature_mcc(codes, acts) == pytest.approx((1 + 2 ** -0.5) / 2, abs=1e-6)
+    # fewer learned than true features: the unmatched true feature counts 0
+    assert M.feature_mcc(codes, acts[:, 1:2]) == pytest.approx(0.5, abs=1e-6)
+    # a perfect, permuted and rescaled dictionary scores 1
+    assert M.feature_mcc(codes, torch.stack([5 * codes[:, 1], 0.1 * codes[:, 0]], 1)) == pytest.approx(1.0, abs=1e-6)

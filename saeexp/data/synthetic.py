@@ -41,7 +41,9 @@ class SyntheticSource(ActivationSource):
         self.magnitude, self.mean_magnitude = magnitude, mean_magnitude
         self.groups, self.group_size, self.group_p = groups, group_size, group_p
         self.heldout_tokens, self.seed = heldout_tokens, seed
-        gen = torch.Generator().manual_seed(seed)
+        # not manual_seed(seed): an SAE draws its initial decoder as randn(d_sae, d_in) from exactly that
+        # stream, so with data.seed == seed (the default) its first rows would start on the truth
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + 5)
         D = torch.randn(n_features, d_in, generator=gen)
         self.truth_ND = D / D.norm(dim=1, keepdim=True)
         self.p_N = max_p * (torch.arange(n_features, dtype=torch.float32) + 1) ** -alpha
@@ -50,6 +52,10 @@ class SyntheticSource(ActivationSource):
         return self.truth_ND
 
     def _generate(self, n: int, gen: torch.Generator) -> Tensor:
+        return self.draw(n, gen)[1]
+
+    def draw(self, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """n tokens from `gen`: (true feature activations [n, n_features], x [n, d_in])."""
         on_BN = torch.rand(n, self.n_features, generator=gen) < self.p_N
         if self.groups:
             fire_BG = torch.rand(n, self.groups, generator=gen) < self.group_p
@@ -62,10 +68,11 @@ class SyntheticSource(ActivationSource):
             mag = lo + torch.rand(n, self.n_features, generator=gen) * 2 * spread
         else:
             mag = torch.full((n, self.n_features), float(self.mean_magnitude))
-        x_BD = (on_BN * mag) @ self.truth_ND
+        codes_BN = on_BN * mag
+        x_BD = codes_BN @ self.truth_ND
         if self.noise:
             x_BD += self.noise * torch.randn(n, self.d_in, generator=gen)
-        return x_BD
+        return codes_BN, x_BD
 
     def heldout(self) -> Tensor:
         return self._generate(self.heldout_tokens, torch.Generator().manual_seed(self.seed * 1_000_003 + 17))
