@@ -1,7 +1,6 @@
 """Console scripts: `saeexp` (train; a Hydra main, so `-m` sweeps and `--cfg job` work) and `saeexp-eval`."""
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -14,15 +13,14 @@ from saeexp.errors import ConfigError, TrainingDiverged
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
-def run_name(override_dirname: str) -> str:
-    """A run directory name fixed by the command's overrides (never by the clock), so a rerun finds it.
-
-    `model.d_sae=64,loss.l1=2e-3` becomes `loss.l1-2e-3_model.d_sae-64` (sorted by Hydra): no '=' or ','
-    so the path can be passed back on a Hydra command line unquoted.
+def run_name(override_dirname: str, *, _root_: DictConfig) -> str:
+    """A run directory name fixed by the command and the resolved config (never by the clock), so a rerun
+    finds it: `model.d_sae=64,loss.l1=2e-3` becomes `loss.l1-2e-3_model.d_sae-64__<config hash>`
+    (saeexp.identity: an edited default or another trainer gets another directory).
     """
-    name = (override_dirname or "").replace("=", "-").replace(",", "_")
-    name = re.sub(r"[^\w.+-]", "_", name) or "default"
-    return name[:200]
+    from saeexp.identity import run_dir_name
+
+    return run_dir_name(override_dirname, _root_)
 
 
 OmegaConf.register_new_resolver("run_name", run_name, replace=True)

@@ -31,7 +31,9 @@ class RunCheckpoint(Callback):
         if not self.healthy(trainer.lightning_module):
             return False
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        from saeexp.io import temp_name
+
+        tmp = temp_name(self.path)
         trainer.save_checkpoint(str(tmp))
         os.replace(tmp, self.path)
         return True
