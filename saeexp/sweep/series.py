@@ -57,13 +57,17 @@ def series_id(its: dict[str, str]) -> str:
 
 
 def labels(series: dict[str, dict]) -> dict[str, str]:
-    """Short labels saying what differs: variant, + each config group choice that differs between series
-    (`relu+l1_decoder_norm`, `relu+ortho=nearest`), + keys that differ between series with equal choices.
+    """Short labels saying what differs: the variant, + each config group choice that differs between series of
+    that variant (`relu+l1_decoder_norm`, `relu+ortho=nearest`), + keys that differ between series that agree
+    on all choices (`relu d_sae=64`).
 
     `series` maps id -> {"variant": str, "choices": dict, "items": dict}.
     """
     groups = sorted({g for s in series.values() for g in s["choices"]} - {"model"})
-    diff_groups = [g for g in groups if len({s["choices"].get(g) for s in series.values()}) > 1]
+    by_variant: dict[str, list[dict]] = {}
+    for s in series.values():
+        by_variant.setdefault(s["variant"], []).append(s)
+    diff_groups = {v: [g for g in groups if len({s["choices"].get(g) for s in ss}) > 1] for v, ss in by_variant.items()}
     cohorts: dict[tuple, list[str]] = {}
     for sid, s in series.items():
         cohorts.setdefault((s["variant"], *(s["choices"].get(g) for g in groups)), []).append(sid)
@@ -77,9 +81,12 @@ def labels(series: dict[str, dict]) -> dict[str, str]:
         for m in members:
             s = series[m]
             parts = [s["variant"]]
-            for g in diff_groups:
+            for g in diff_groups[s["variant"]]:
                 c = s["choices"].get(g)
-                parts.append(f"+{c}" if g == "loss" else f"+{g}={c}")
+                if g == "loss":
+                    parts.append(f"+{c}")
+                elif c != "none":
+                    parts.append(f"+{g}={c}")
             parts += [f" {short[k]}={s['items'].get(k, '-')}" for k in diff]
             out[m] = "".join(parts)
     return out
