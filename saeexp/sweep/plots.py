@@ -34,7 +34,7 @@ def png(by_series: dict[str, list[Point]], path: Path, title: str) -> Path:
     panels = _panels(points)
     fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5), squeeze=False)
     for ax, (y, label) in zip(axes[0], panels):
-        for i, (label, ps) in enumerate(sorted(by_series.items())):
+        for i, (name, ps) in enumerate(sorted(by_series.items())):
             ps = sorted((p for p in ps if y in p.mean and L0 in p.mean), key=lambda p: p.mean[L0])
             if not ps:
                 continue
@@ -42,7 +42,7 @@ def png(by_series: dict[str, list[Point]], path: Path, title: str) -> Path:
             ax.errorbar([p.mean[L0] for p in ps], [p.mean[y] for p in ps], xerr=[p.sd[L0] for p in ps],
                         yerr=[p.sd[y] for p in ps], fmt=mk, color=c, alpha=0.45, ms=4, capsize=2)
             front = [p for p in ps if p.frontier.get(y)]
-            ax.plot([p.mean[L0] for p in front], [p.mean[y] for p in front], "-" + mk, color=c, ms=5, label=label)
+            ax.plot([p.mean[L0] for p in front], [p.mean[y] for p in front], "-" + mk, color=c, ms=5, label=name)
         ax.set_xscale("log")
         ax.set_xlabel("L0 (active features per token)")
         ax.set_ylabel(label)
