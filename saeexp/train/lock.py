@@ -59,13 +59,24 @@ def _slurm_job_alive(job: str) -> bool:
 
 
 def holder_alive(h: dict, mine: dict) -> bool:
+    """Whether the process that wrote lock contents `h` may still run (unknown counts as alive)."""
     if h.get("slurm_job") and h["slurm_job"] == mine.get("slurm_job"):
         return False  # our own job id: the predecessor of this requeued job
     if h.get("slurm_job"):
         return _slurm_job_alive(str(h["slurm_job"]))
     if h.get("host") == mine["host"]:
         pid = h.get("pid")
-        return isinstance(pid, int) and _start_time(pid) is not None and _start_time(pid) == h.get("start")
+        if not isinstance(pid, int):
+            return False
+        if mine.get("start") is not None:  # /proc: the pid runs, and is the same process (not a reused pid)
+            return _start_time(pid) is not None and _start_time(pid) == h.get("start")
+        try:  # no /proc (macOS): whether the pid runs at all
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
     return True
 
 
