@@ -11,7 +11,8 @@ SMALL = ["model.d_sae=64", "train.tokens=40960", "train.batch_size=1024", "train
 
 
 def run(args, tmp_path, check=True, extra_env=None):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), **(extra_env or {})}
+    # this checkout's saeexp (not whichever the console script was installed from), and conftest
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", **(extra_env or {})}
     p = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     if check and p.returncode != 0:
         raise AssertionError(f"{args} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
