@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import errno
-import re
 import sys
 from pathlib import Path
 
@@ -15,17 +14,16 @@ from saeexp.errors import ConfigError, StorageError, TrainingDiverged
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
-def run_name(override_dirname: str) -> str:
-    """A run directory name fixed by the command's overrides (never by the clock), so a rerun finds it.
-
-    `model.d_sae=64,loss.l1=2e-3` becomes `loss.l1-2e-3_model.d_sae-64` (sorted by Hydra): no '=' or ','
-    so the path can be passed back on a Hydra command line unquoted.
+def run_name(override_dirname: str, *, _root_: DictConfig) -> str:
+    """A run directory name fixed by the command and the resolved config (never by the clock), so a rerun
+    finds it: `model.d_sae=64,loss.l1=2e-3` becomes `loss.l1-2e-3_model.d_sae-64__<config hash>`
+    (saeexp.identity: an edited default or another trainer gets another directory).
     """
+    from saeexp.identity import run_dir_name
     from saeexp.redact import redact_overrides
 
-    name = redact_overrides(override_dirname).replace("=", "-").replace(",", "_")
-    name = re.sub(r"[^\w.+-]", "_", name) or "default"
-    return name[:200]
+    # a secret typed as an override never becomes part of a directory name (issue 11)
+    return run_dir_name(redact_overrides(override_dirname), _root_)
 
 
 OmegaConf.register_new_resolver("run_name", run_name, replace=True)

@@ -19,9 +19,18 @@ CONVENTIONS = {
 }
 
 
+def temp_name(path: Path, kind: str = "tmp") -> Path:
+    """A sibling name no other writer uses, on any host sharing the filesystem: `<name>.<kind>.<host>.<pid>.<rand>`
+    (a pid alone repeats across the nodes of a cluster)."""
+    import socket
+    import uuid
+
+    return path.with_name(f"{path.name}.{kind}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a file so that a reader (or a kill) never sees half of it."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp = temp_name(path)
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -32,8 +41,7 @@ def save_sae(sae, directory: str | Path, model_cfg: dict, meta: dict) -> Path:
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_name(directory)
     tmp.mkdir(parents=True)
     from saeexp.redact import redact
     from saeexp.registry import variant_key
@@ -43,9 +51,8 @@ def save_sae(sae, directory: str | Path, model_cfg: dict, meta: dict) -> Path:
     variant = variant_key(str(model_cfg.get("_target_")))
     (tmp / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create({"variant": variant, "model": model_cfg})))
     (tmp / "meta.json").write_text(json.dumps({**redact(meta), "conventions": CONVENTIONS}, indent=2))
-    old = directory.with_name(directory.name + ".old")
+    old = temp_name(directory, "old")
     if directory.exists():
-        shutil.rmtree(old, ignore_errors=True)
         os.replace(directory, old)
     os.replace(tmp, directory)
     shutil.rmtree(old, ignore_errors=True)

@@ -85,9 +85,43 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
     coef = OmegaConf.select(cfg, "loss.sparsity.coef", default=None)
     tags = {"sweep": str(cfg.experiment), "variant": str(variant), "width": str(cfg.model.get("d_sae")),
             "coefficient": str(coef), "seed": str(cfg.seed), "git_commit": git_commit()}
+    tags.update(series_tags(cfg))
+    if OmegaConf.select(cfg, "paths.run_dir", default=None):
+        tags[RUN_DIR_TAG] = str(cfg.paths.run_dir)
     if os.environ.get("SLURM_JOB_ID"):
         tags["slurm_job_id"] = slurm_job_id()
     return tags
+
+
+RUN_DIR_TAG, ORPHANED_TAG = "saeexp.run_dir", "saeexp.orphaned"
+
+
+def series_tags(cfg: DictConfig) -> dict[str, str]:
+    """The sparsity control (`sparsity_control`, `sparsity_value`) and the series the run belongs to
+    (`series`, its hash; `series_exclude`, the keys it leaves out; `saeexp.choices`, the config group choices)."""
+    import json
+
+    from saeexp.sweep import series
+
+    name, value, keys = series.control(cfg)
+    params = flatten({k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"})
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choices = {k: v for k, v in HydraConfig.get().runtime.choices.items()
+                   if not k.startswith("hydra") and isinstance(v, str)}
+    except ValueError:
+        choices = {}
+    return {"sparsity_control": name, "sparsity_value": value, "series_exclude": ",".join(keys),
+            "series": series.series_id(series.items(params, keys)), "saeexp.choices": json.dumps(choices)}
+
+
+def mark_orphaned(client, run_id: str, why: str) -> None:
+    """Tag a run no run directory points to any more (the report leaves it out); gone already: nothing."""
+    try:
+        client.set_tag(run_id, ORPHANED_TAG, why)
+    except Exception:  # noqa: BLE001 - a deleted run or another store: nothing to mark
+        pass
 
 
 def log_config(logger, cfg: DictConfig, run_dir: Path) -> None:

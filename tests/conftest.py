@@ -103,3 +103,21 @@ class PoisonAt:
                         module.sae.W_enc[0, 0] = float("nan")
 
         return _Poison()
+
+
+class WaitForFile:
+    """A Lightning callback that holds training at its start until `path` exists (a test opens the gate)."""
+
+    def __new__(cls, path: str, timeout_s: float = 300.0):
+        import time
+        from pathlib import Path
+
+        from lightning.pytorch.callbacks import Callback
+
+        class _Gate(Callback):
+            def on_train_start(self, trainer, module):
+                t0 = time.monotonic()
+                while not Path(path).exists() and time.monotonic() - t0 < timeout_s:
+                    time.sleep(0.1)
+
+        return _Gate()

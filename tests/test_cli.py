@@ -11,7 +11,8 @@ SMALL = ["model.d_sae=64", "train.tokens=40960", "train.batch_size=1024", "train
 
 
 def run(args, tmp_path, check=True, extra_env=None):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), **(extra_env or {})}
+    # this checkout's saeexp (not whichever the console script was installed from), and conftest
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", **(extra_env or {})}
     p = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     if check and p.returncode != 0:
         raise AssertionError(f"{args} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
@@ -21,8 +22,10 @@ def run(args, tmp_path, check=True, extra_env=None):
 @pytest.mark.slow
 def test_train_logs_mlflow_run_and_eval_rescores(tmp_path):
     p = run(["saeexp", *SMALL, "experiment=cli_test"], tmp_path)
-    # the run directory is named by the overrides (log_every excluded: it does not change the result)
-    run_dir = Path(os.environ["SAEEXP_RUNS"]) / "cli_test" / "model.d_sae-64_train.batch_size-1024_train.tokens-40960"
+    # the run directory is named by the overrides (log_every excluded: it does not change the result) and a
+    # hash of the resolved config
+    (run_dir,) = (Path(os.environ["SAEEXP_RUNS"]) / "cli_test").glob(
+        "model.d_sae-64_train.batch_size-1024_train.tokens-40960__*")
     assert "l0=" in p.stdout and "MLflow:" in p.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for k in ("l0", "mse", "fvu", "l2_ratio", "dead", "dense", "gt_mmcs", "gt_recovered@0.9", "dec_mmcs"):

@@ -18,10 +18,13 @@ POINTS = {
     ("relu", "0.001", "128", 0): (40.0, 0.10, 0.94), ("relu", "0.001", "128", 1): (40.0, 0.10, 0.94),
     ("gated", "0.01", "64", 0): (5.0, 0.90, 0.50), ("gated", "0.003", "64", 0): (5.0, 0.80, 0.40),
 }
-# L0-FVU: relu (11, .52), (20, .30), (40, .10) on it; (30, .35) is beaten by (20, .30). gated: (5, .80) only.
-# L0-CE (higher better): relu (11, .81), (20, .90), (30, .95) on it; (40, .94) is beaten by (30, .95).
+# A series per (variant, width): widths are not pooled. Series labels name what differs within a variant.
+LABEL = {("relu", "64"): "relu d_sae=64", ("relu", "128"): "relu d_sae=128", ("gated", "64"): "gated"}
+# L0-FVU: relu-64 (11, .52), (20, .30) on it; (30, .35) is beaten by (20, .30). relu-128: its one point.
+# gated: (5, .80) only. L0-CE (higher better): relu-64 (11, .81), (20, .90), (30, .95); relu-128 its one point.
 FRONT_FVU = {("relu", "0.01", "64"), ("relu", "0.003", "64"), ("relu", "0.001", "128"), ("gated", "0.003", "64")}
-FRONT_CE = {("relu", "0.01", "64"), ("relu", "0.003", "64"), ("relu", "0.001", "64"), ("gated", "0.01", "64")}
+FRONT_CE = {("relu", "0.01", "64"), ("relu", "0.003", "64"), ("relu", "0.001", "64"), ("relu", "0.001", "128"),
+            ("gated", "0.01", "64")}
 
 
 def test_pareto_mask_by_hand():
@@ -32,12 +35,14 @@ def test_pareto_mask_by_hand():
 
 
 def _runs():
-    return [{"run_id": f"r{i}", "variant": v, "coefficient": c, "width": w,
+    return [{"run_id": f"r{i}", "series": f"{v}-{w}", "label": LABEL[(v, w)], "control": "coefficient", "value": c,
              "metrics": {L0: l0, FVU: fvu, CE: ce}} for i, ((v, c, w, s), (l0, fvu, ce)) in enumerate(POINTS.items())]
 
 
 def _check(points):
-    cells = {(p.variant, p.coefficient, p.width): p for p in points}
+    key = {label: vw for vw, label in LABEL.items()}
+    cells = {(key[p.label][0], p.value, key[p.label][1]): p for p in points}
+    assert all(p.control == "coefficient" for p in points)
     assert len(cells) == 6
     assert {k for k, p in cells.items() if p.frontier[FVU]} == FRONT_FVU
     assert {k for k, p in cells.items() if p.frontier[CE]} == FRONT_CE
@@ -97,7 +102,7 @@ def _report_and_check(uri, experiment, tmp_path):
     assert r["status_counts"] == {"FINISHED": len(POINTS)}
     from saeexp.sweep.frontier import Point
 
-    _check([Point(p["variant"], p["coefficient"], p["width"], p["mean"], p["sd"], p["seeds"], p["run_ids"],
+    _check([Point(p["series"], p["label"], p["control"], p["value"], p["mean"], p["sd"], p["seeds"], p["run_ids"],
                   p["frontier"]) for p in r["points"]])
     assert (tmp_path / "out" / "pareto.png").stat().st_size > 1000
     html = (tmp_path / "out" / "pareto.html").read_text()

@@ -36,6 +36,9 @@ class SAE(nn.Module):
     encoder_weights: tuple[str, ...] = ("W_enc",)
     # default penalty this architecture is meant for (used only in error messages)
     needs_sparsity_penalty: bool = True
+    # the knob that sets this SAE's sparsity: "coefficient" (the penalty's lambda, `loss.sparsity.coef`) or "k"
+    # (`model.k`); runs are tagged with it and `train.target_l0` acts through it (saeexp.train.target_l0)
+    sparsity_control: str = "coefficient"
 
     def __init__(self, d_in: int, d_sae: int, decoder_norm: str = "unit", init_dec_norm: float = 1.0,
                  enc_from_dec: bool = True, seed: int = 0):

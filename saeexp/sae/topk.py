@@ -129,6 +129,7 @@ class TopKSAE(SAE):
 
     accepts_penalty = False  # sparsity is structural: L1/L0 are refused
     needs_sparsity_penalty = False
+    sparsity_control = "k"   # model.k (BatchTopK: k per token on average)
 
     def __init__(self, d_in: int, d_sae: int, k: int = 32, decoder_norm: str = "unit", init_dec_norm: float = 1.0,
                  enc_from_dec: bool = True, seed: int = 0, auxk: float = 1 / 32, k_aux: int | None = None,

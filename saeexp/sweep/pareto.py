@@ -1,4 +1,4 @@
-"""`saeexp-pareto EXPERIMENT`: reconcile with SLURM, then each variant's Pareto frontier as a table, PNG and HTML.
+"""`saeexp-pareto EXPERIMENT`: reconcile with SLURM, then each series' Pareto frontier as a table, PNG and HTML.
 
 The plots are logged to MLflow in a run named `pareto` of the same experiment (tag `saeexp.kind=pareto`), so
 everyone who opens the experiment sees the curves. Works on the default SQLite store and on a server URI.
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from saeexp.redact import redact_text
-from saeexp.sweep.frontier import FVU, L0, aggregate, mark_frontiers, table
+from saeexp.sweep.frontier import FVU, L0, aggregate, mark_frontiers, matched_table, table
 
 KIND_TAG = "saeexp.kind"
 
@@ -24,20 +24,63 @@ def default_tracking_uri() -> str:
 
 
 def read_runs(client, experiment_id: str) -> tuple[list[dict], dict[str, int]]:
-    """Finished training runs with final L0 and FVU, as aggregate() takes them; and counts by status."""
-    runs, counts = [], {}
+    """Finished training runs with final L0 and FVU, as aggregate() takes them (each with its series and
+    control); and counts by status. Orphaned runs (no run directory points to them any more) are left out."""
+    import json
+
+    from saeexp.sweep import series as S
+    from saeexp.tracking import ORPHANED_TAG
+
+    found, counts = [], {}
     for r in client.search_runs([experiment_id], max_results=10000):
         if r.data.tags.get(KIND_TAG) == "pareto":
             continue
         counts[r.info.status] = counts.get(r.info.status, 0) + 1
         m = r.data.metrics
-        if r.info.status != "FINISHED" or L0 not in m or FVU not in m:
-            continue
+        if r.info.status == "FINISHED" and L0 in m and FVU in m:
+            found.append(r)
+    found = [r for r in _current(found) if ORPHANED_TAG not in r.data.tags]
+    info = {}
+    runs = []
+    for r in found:
         t = r.data.tags
-        runs.append({"run_id": r.info.run_id, "variant": t.get("variant", "?"),
-                     "coefficient": t.get("coefficient", "?"), "width": t.get("width", "?"),
-                     "metrics": {k: v for k, v in m.items() if k.startswith("final/")}})
+        exclude = [k for k in t.get("series_exclude", "").split(",") if k]
+        control = t.get("sparsity_control", "coefficient")
+        value = t.get("sparsity_value", t.get("coefficient", "?"))
+        if not exclude:  # a run from before series were recorded: its coefficient is its control
+            exclude = ["loss.sparsity.coef", "loss.l1", "loss.l0"]
+        its = S.items(r.data.params, exclude)
+        sid = S.series_id({"variant": t.get("variant", "?"), **its})
+        info[sid] = {"variant": t.get("variant", "?"), "choices": json.loads(t.get("saeexp.choices", "{}")),
+                     "items": its}
+        runs.append({"run_id": r.info.run_id, "series": sid, "control": control, "value": value,
+                     "metrics": {k: v for k, v in r.data.metrics.items() if k.startswith("final/")}})
+    names = S.labels(info)
+    for run in runs:
+        run["label"] = names[run["series"]]
     return runs, counts
+
+
+def _current(runs: list) -> list:
+    """Of several runs logged for one run directory, the one its `mlflow_run_id` names (else the latest): the
+    others were orphaned (overwritten, or written by a second process before runs were locked)."""
+    from saeexp.tracking import RUN_DIR_TAG
+
+    by_dir: dict[str, list] = {}
+    for r in runs:
+        by_dir.setdefault(r.data.tags.get(RUN_DIR_TAG) or r.info.run_id, []).append(r)
+    keep = []
+    for d, rs in by_dir.items():
+        named = None
+        try:
+            named = (Path(d) / "mlflow_run_id").read_text().strip()
+        except OSError:  # not a readable directory here (another filesystem, or no tag): the latest run
+            pass
+        if named is not None:
+            keep += [r for r in rs if r.info.run_id == named]
+        else:
+            keep.append(max(rs, key=lambda r: r.info.start_time or 0))
+    return keep
 
 
 def report(experiment: str, tracking_uri: str, out_dir: Path, do_reconcile: bool = True, log: bool = True) -> dict:
@@ -54,17 +97,19 @@ def report(experiment: str, tracking_uri: str, out_dir: Path, do_reconcile: bool
     marked = reconcile(client, exp.experiment_id) if do_reconcile else []
     runs, counts = read_runs(client, exp.experiment_id)
     points = aggregate(runs)
-    by_variant = mark_frontiers(points)
+    by_series = mark_frontiers(points)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {"experiment": experiment, "status_counts": counts, "marked_failed": marked, "points": [
-        {"variant": p.variant, "coefficient": p.coefficient, "width": p.width, "seeds": p.n, "mean": p.mean,
-         "sd": p.sd, "frontier": p.frontier, "run_ids": p.run_ids} for p in points], "table": table(points)}
+        {"series": p.series, "label": p.label, "control": p.control, "value": p.value, "seeds": p.n,
+         "mean": p.mean, "sd": p.sd, "frontier": p.frontier, "run_ids": p.run_ids} for p in points],
+        "table": table(points), "matched": matched_table(points)}
     if points:
-        title = f"Pareto frontiers: {experiment} ({len(runs)} runs)"
-        result["png"] = str(plots.png(by_variant, out_dir / "pareto.png", title))
-        result["html"] = str(plots.interactive_html(by_variant, out_dir / "pareto.html", title))
-    (out_dir / "pareto.json").write_text(json.dumps({k: v for k, v in result.items() if k != "table"}, indent=2))
-    (out_dir / "pareto.txt").write_text(result["table"] + "\n")
+        title = f"Pareto frontiers: {experiment} ({len(runs)} runs, {len(by_series)} series)"
+        result["png"] = str(plots.png(by_series, out_dir / "pareto.png", title))
+        result["html"] = str(plots.interactive_html(by_series, out_dir / "pareto.html", title))
+    text = {"table", "matched"}
+    (out_dir / "pareto.json").write_text(json.dumps({k: v for k, v in result.items() if k not in text}, indent=2))
+    (out_dir / "pareto.txt").write_text(result["table"] + "\n" + (f"\n{result['matched']}\n" if result["matched"] else ""))
     if log and points:
         result["pareto_run_id"] = _log(client, exp.experiment_id, out_dir, points)
     return result
@@ -107,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"marked FAILED: run {run_id}: {reason}")
     print(f"experiment {a.experiment!r} at {redact_text(uri)}: runs by status {r['status_counts']}")
     print(r["table"])
+    if r["matched"]:
+        print("\n" + r["matched"])
     if "png" in r:
         print(f"plots: {r['png']}  {r['html']}" + (f"  (logged to MLflow run {r['pareto_run_id']})"
                                                     if "pareto_run_id" in r else ""))

@@ -49,7 +49,9 @@ class RunCheckpoint(Callback):
         """Save now if the weights are healthy; return whether it saved."""
         if not self.healthy(trainer.lightning_module):
             return False
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        from saeexp.io import temp_name
+
+        tmp = temp_name(self.path)  # unique per writer
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             trainer.save_checkpoint(str(tmp), weights_only=False)  # the full state (optimiser, loops): resumable

@@ -24,7 +24,7 @@ class SAEModule(L.LightningModule):
     def __init__(self, sae: SAE, penalties: list[LossTerm], optimizer_factory, total_steps: int,
                  input_scale: float = 1.0, lr_warmup_steps: int = 0, lr_decay_steps: int = 0,
                  sparsity_warmup_steps: int = 0, log_every: int = 50, dead_window_tokens: int = 1_000_000,
-                 resampler=None, reuse_memory: bool = True):
+                 resampler=None, reuse_memory: bool = True, target_l0=None):
         super().__init__()
         self.sae = sae
         self.terms = nn.ModuleList([MSE(1.0), *penalties])
@@ -37,6 +37,7 @@ class SAEModule(L.LightningModule):
         self.dead_window_tokens = dead_window_tokens
         self.resampler = resampler
         self.reuse_memory = reuse_memory
+        self.target_l0 = target_l0  # saeexp.train.target_l0.TargetL0, or None: a fixed coefficient
         # first step whose loss was not finite (-1: none); a device tensor, read only at log steps
         self.register_buffer("first_bad_step", torch.tensor(-1, dtype=torch.long))
 
@@ -56,6 +57,8 @@ class SAEModule(L.LightningModule):
     def loss_terms(self, x_BD: Tensor, step: int):
         out = self.sae(x_BD)
         warm = self.sparsity_factor(step)
+        if self.target_l0 is not None:
+            warm = warm * self.target_l0.scale()
         terms = {}
         for t in self.terms:
             v = t(x_BD, out, self.sae)
@@ -67,6 +70,8 @@ class SAEModule(L.LightningModule):
         step = self.global_step
         x_BD = batch * self.input_scale if self.input_scale != 1.0 else batch
         out, terms = self.loss_terms(x_BD, step)
+        if self.target_l0 is not None:
+            self.target_l0.observe(out.acts_BF, step)
         loss = sum(terms.values())
         self.sae.update_firing(out.acts_BF)
         bad = ~torch.isfinite(loss.detach())
@@ -83,6 +88,8 @@ class SAEModule(L.LightningModule):
         logs.update({f"train/{k}": v for k, v in batch_metrics(x_BD, out.x_hat_BD.detach(), out.acts_BF).items()})
         logs["train/dead_frac"] = self.sae.dead_mask(self.dead_window_tokens).float().mean()
         logs["train/lr"] = torch.tensor(self.optimizers().param_groups[0]["lr"])
+        if self.target_l0 is not None:
+            logs["train/sparsity_scale"] = self.target_l0.scale()
         step = self.global_step
         if (step // self.log_every) % DEC_MMCS_EVERY_LOGS == 0 or step == self.total_steps - 1:
             # decoder geometry: d_sae^2 * d_in FLOPs (about one step's at width 16384), so every 10th log only

@@ -16,9 +16,10 @@ from saeexp.errors import ConfigError, TrainingDiverged
 from saeexp.io import save_sae
 from saeexp.redact import redact_text
 from saeexp.report import score, summary, write_report
-from saeexp.train import init
+from saeexp.train import init, target_l0
 from saeexp.train.callbacks import RunCheckpoint, TokensProgressBar, verify_checkpoint
 from saeexp.train.datamodule import ActivationDataModule
+from saeexp.train.lock import RunLock
 from saeexp.train.module import SAEModule
 
 
@@ -51,7 +52,7 @@ def build(cfg: DictConfig, source=None):
     if steps < 1:
         raise ConfigError(f"train.tokens={t.tokens}: fewer than one batch of train.batch_size={batch_size}")
     source = source or make(cfg.data)
-    sae = make(cfg.model)
+    sae = make(cfg.model, **target_l0.model_overrides(cfg))  # train.target_l0 sets k on TopK variants
     penalties = [make(cfg.loss.sparsity)] if cfg.loss.get("sparsity") else []
     penalties += [make(v) for v in (cfg.get("extra_losses") or {}).values() if v is not None]
     for term in penalties:
@@ -67,12 +68,23 @@ def build(cfg: DictConfig, source=None):
 
 
 def train(cfg: DictConfig) -> dict:
-    """Train (or resume, or return the finished result of) the run in `cfg.paths.run_dir`."""
+    """Train (or resume, or return the finished result of) the run in `cfg.paths.run_dir`.
+
+    One process at a time per run directory (saeexp.train.lock): a second one refuses with RunLocked.
+    """
     check_config(cfg)  # also run by the CLI's guard before Hydra writes anything; here for direct callers
     run_dir = Path(cfg.paths.run_dir)
+    with RunLock(run_dir):
+        return _train(cfg, run_dir)
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> dict:
     metrics_path = run_dir / "metrics.json"
     ckpt = run_dir / "checkpoints" / "last.ckpt"
+    old_run_id = None
     if cfg.overwrite:
+        if (run_dir / "mlflow_run_id").exists():  # its MLflow run is superseded: tagged orphaned below
+            old_run_id = (run_dir / "mlflow_run_id").read_text().strip()
         for p in (metrics_path, ckpt, run_dir / "sae", run_dir / "mlflow_run_id"):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     elif metrics_path.exists():
@@ -99,7 +111,9 @@ def train(cfg: DictConfig) -> dict:
         lr_warmup_steps=tok(cfg.train.lr_warmup_tokens), lr_decay_steps=tok(cfg.train.lr_decay_tokens),
         sparsity_warmup_steps=tok(cfg.train.sparsity_warmup_tokens), log_every=cfg.train.log_every,
         dead_window_tokens=cfg.train.dead_window_tokens, resampler=resampler,
-        reuse_memory=cfg.train.get("reuse_memory", True))
+        reuse_memory=cfg.train.get("reuse_memory", True),
+        target_l0=target_l0.controller(cfg, penalties, steps, tok(cfg.train.sparsity_warmup_tokens),
+                                       tok(cfg.train.lr_decay_tokens)))
     dm = ActivationDataModule(source, batch_size, cfg.seed)
 
     from saeexp.tracking import log_config, make_logger
@@ -108,6 +122,10 @@ def train(cfg: DictConfig) -> dict:
         verify_checkpoint(ckpt)
     logger = make_logger(cfg, run_dir)
     log_config(logger, cfg, run_dir)
+    if old_run_id and old_run_id != logger.run_id:
+        from saeexp.tracking import mark_orphaned
+
+        mark_orphaned(logger.experiment, old_run_id, f"overwritten by run {logger.run_id}")
     saver = RunCheckpoint(ckpt, cfg.train.checkpoint_every, cfg.train.log_every)
     callbacks = [saver, TokensProgressBar(batch_size)] + [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     trainer: L.Trainer = instantiate(cfg.trainer, max_steps=steps, logger=logger, callbacks=callbacks,
@@ -127,6 +145,9 @@ def train(cfg: DictConfig) -> dict:
 
     scalars, arrays = score(sae, source, scale)
     scalars.update({"steps": steps, "tokens": steps * batch_size, "input_scale": scale})
+    coef = target_l0.settled_coef(cfg, penalties, module.target_l0)
+    if coef is not None:
+        scalars["sparsity_coef"] = coef
     # the saved SAE takes raw activations: fold the scale into a copy of the weights
     import copy
 

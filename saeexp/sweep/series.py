@@ -1,0 +1,92 @@
+"""Series of a sweep: runs that agree on every result-changing config key but the seed and the sparsity control.
+
+A series is one curve of the Pareto plot; its points are the values of the sparsity control (the penalty
+coefficient, k, or `train.target_l0`), each pooled over seeds. The keys left out are stored with the run (tag
+`series_exclude`), so the report computes the same series from the run's params as training did.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+from omegaconf import DictConfig, OmegaConf
+
+from saeexp.identity import neutral
+
+SEED_LEAF = "seed"  # `seed` and every `<node>.seed` (`model.seed: ${seed}`, `data.seed: ${seed}`)
+
+
+def control(cfg: DictConfig) -> tuple[str, str, list[str]]:
+    """(name, value, config keys) of the run's sparsity control: target_l0, k or coefficient."""
+    from saeexp.train.target_l0 import control_of, model_overrides, target
+
+    t = target(cfg)
+    kind = control_of(cfg)
+    if t is not None:  # the target decides; k (then set from it) and the initial coefficient's effect are its own
+        return "target_l0", f"{t:g}", ["train.target_l0"] + (["model.k"] if kind == "k" else [])
+    if kind == "k":
+        k = model_overrides(cfg).get("k", cfg.model.get("k"))
+        return "k", str(k), ["model.k"]
+    coef = OmegaConf.select(cfg, "loss.sparsity.coef", default=None)
+    return "coefficient", str(coef), ["loss.sparsity.coef", *_coef_sources(cfg)]
+
+
+def _coef_sources(cfg: DictConfig) -> list[str]:
+    """The key(s) the coefficient is read from (`loss.l1`, `loss.l0`: `coef: ${..l1}`)."""
+    sparsity = OmegaConf.select(cfg, "loss.sparsity", default=None)
+    if sparsity is None:
+        return []
+    node = sparsity._get_node("coef")
+    if node is not None and node._is_interpolation():
+        target = node._dereference_node()
+        return [target._get_full_key(None)] if target is not None else []
+    # an already resolved config (interpolations gone): the loss group's number equal to the coefficient
+    coef = sparsity.get("coef")
+    return [f"loss.{k}" for k, v in cfg.loss.items()
+            if k != "sparsity" and isinstance(v, (int, float)) and not isinstance(v, bool) and v == coef]
+
+
+def items(params: dict[str, str], exclude: list[str]) -> dict[str, str]:
+    """The params (flattened config, strings) that define the series."""
+    return {k: v for k, v in params.items()
+            if not neutral(k, tuple(exclude)) and k.rsplit(".", 1)[-1] != SEED_LEAF}
+
+
+def series_id(its: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(its, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def labels(series: dict[str, dict]) -> dict[str, str]:
+    """Short labels saying what differs: the variant, + each config group choice that differs between series of
+    that variant (`relu+l1_decoder_norm`, `relu+ortho=nearest`), + keys that differ between series that agree
+    on all choices (`relu d_sae=64`).
+
+    `series` maps id -> {"variant": str, "choices": dict, "items": dict}.
+    """
+    groups = sorted({g for s in series.values() for g in s["choices"]} - {"model"})
+    by_variant: dict[str, list[dict]] = {}
+    for s in series.values():
+        by_variant.setdefault(s["variant"], []).append(s)
+    diff_groups = {v: [g for g in groups if len({s["choices"].get(g) for s in ss}) > 1] for v, ss in by_variant.items()}
+    cohorts: dict[tuple, list[str]] = {}
+    for sid, s in series.items():
+        cohorts.setdefault((s["variant"], *(s["choices"].get(g) for g in groups)), []).append(sid)
+    out = {}
+    for members in cohorts.values():
+        keys = sorted({k for m in members for k in series[m]["items"]})
+        diff = [k for k in keys if len({series[m]["items"].get(k) for m in members}) > 1]
+        short = {k: k.rsplit(".", 1)[-1] for k in diff}
+        if len(set(short.values())) < len(short):
+            short = {k: k for k in diff}
+        for m in members:
+            s = series[m]
+            parts = [s["variant"]]
+            for g in diff_groups[s["variant"]]:
+                c = s["choices"].get(g)
+                if g == "loss":
+                    parts.append(f"+{c}")
+                elif c != "none":
+                    parts.append(f"+{g}={c}")
+            parts += [f" {short[k]}={s['items'].get(k, '-')}" for k in diff]
+            out[m] = "".join(parts)
+    return out

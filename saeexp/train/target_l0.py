@@ -1,0 +1,106 @@
+"""Training to a target L0 (`train.target_l0`): a controller on log lambda for penalty variants, k for TopK ones.
+
+Penalty variants: lambda_t = coef * exp(u_t). After the sparsity warm-up, u follows the log error of the batch
+L0, e = log(L0 / target), through a PI controller (u = I + KP * e', I += KI * e', e' the error a few steps
+ahead): too many active features raise lambda, too few lower it, by factors, so one gain serves coefficients of
+any magnitude (the configured coefficient is only the starting point). For the last 20% of the
+run (or the LR decay, if longer) u is frozen, so the run ends as a fixed-coefficient SAE trained with a
+decaying LR at the settled lambda, which is logged as `final/sparsity_coef`.
+u is a buffer: it is saved in checkpoints and a resumed run continues it exactly.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from saeexp.errors import ConfigError
+
+# Per-step gains on the log error. L0 lags lambda (the encoder needs some tens of Adam steps to follow), so the
+# controller acts on where the error is heading, e + HORIZON * (its trend, an EMA of its change per step):
+# while L0 is already falling fast toward the target, lambda stops rising (no windup, no overshoot that would
+# kill features a lower lambda cannot revive). KI: lambda moves by a factor e in ~33 steps while L0 is e x target.
+# Tuned on the synthetic data (tests/test_target_l0.py: within 10% in 600 steps at lr 2e-3).
+KI, KP = 0.03, 1.0
+HORIZON, SLOPE_EMA = 50.0, 0.95
+FREEZE_FRACTION = 0.2
+U_LIMIT = 25.0  # |log factor| at most: lambda within coef * e^+-25, far past any useful value
+
+
+def target(cfg: DictConfig) -> float | None:
+    """`train.target_l0` checked: None, or a number > 0."""
+    t = cfg.train.get("target_l0")
+    if t is None:
+        return None
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
+        raise ConfigError(f"train.target_l0={t!r}: expected a number > 0 (or null)")
+    return float(t)
+
+
+def control_of(cfg: DictConfig) -> str:
+    """The model class's declared sparsity control (`SAE.sparsity_control`: 'coefficient' or 'k')."""
+    from hydra.utils import get_class
+
+    return getattr(get_class(cfg.model._target_), "sparsity_control", "coefficient")
+
+
+def model_overrides(cfg: DictConfig) -> dict:
+    """Constructor arguments the target sets: k = round(target) on a k-controlled SAE, else nothing."""
+    t = target(cfg)
+    if t is None or control_of(cfg) != "k":
+        return {}
+    return {"k": max(1, round(t))}
+
+
+class TargetL0(nn.Module):
+    """Scales the sparsity penalties by exp(u); `observe` moves u toward the target between start and freeze."""
+
+    def __init__(self, target_l0: float, start_step: int, freeze_step: int):
+        super().__init__()
+        self.target_l0, self.start_step, self.freeze_step = float(target_l0), int(start_step), int(freeze_step)
+        self.register_buffer("integral", torch.zeros(()))
+        self.register_buffer("u", torch.zeros(()))
+        self.register_buffer("last_e", torch.full((), float("nan")))
+        self.register_buffer("slope", torch.zeros(()))
+
+    def scale(self) -> Tensor:
+        return self.u.exp()
+
+    @torch.no_grad()
+    def observe(self, acts_BF: Tensor, step: int) -> None:
+        """One controller update from this batch's activations (device tensors only: no host sync)."""
+        if not self.start_step <= step < self.freeze_step:
+            return
+        l0 = (acts_BF > 0).sum() / acts_BF.shape[0]
+        e = (l0.float().clamp_min(0.1) / self.target_l0).log()
+        # the trend of the error (EMA of its change): L0 lags lambda, so act on where it is heading
+        d = torch.where(self.last_e.isnan(), torch.zeros_like(e), e - self.last_e)
+        self.slope.mul_(SLOPE_EMA).add_((1 - SLOPE_EMA) * d)
+        self.last_e.copy_(e)
+        e_ahead = e + HORIZON * self.slope
+        self.integral.add_(KI * e_ahead).clamp_(-U_LIMIT, U_LIMIT)
+        self.u.copy_((self.integral + KP * e_ahead).clamp(-U_LIMIT, U_LIMIT))
+        if step == self.freeze_step - 1:  # the frozen value: the integral alone, without the last error's kick
+            self.u.copy_(self.integral)
+
+
+def controller(cfg: DictConfig, penalties: list, total_steps: int, sparsity_warmup_steps: int,
+               lr_decay_steps: int) -> TargetL0 | None:
+    """The controller for this run, or None (no target, or a k-controlled SAE whose k the target already set)."""
+    t = target(cfg)
+    if t is None or control_of(cfg) == "k":
+        return None
+    if not any(p.is_sparsity for p in penalties):
+        raise ConfigError(f"train.target_l0={t:g} with no sparsity penalty to adapt (loss=none)")
+    frozen = max(lr_decay_steps, math.ceil(FREEZE_FRACTION * total_steps))
+    return TargetL0(t, start_step=sparsity_warmup_steps, freeze_step=total_steps - frozen)
+
+
+def settled_coef(cfg: DictConfig, penalties: list, ctl: TargetL0 | None) -> float | None:
+    """The sparsity coefficient the run ended with (the configured one when no controller moved it)."""
+    coefs = [p.coef for p in penalties if p.is_sparsity]
+    if not coefs:
+        return None
+    return coefs[0] * (float(ctl.scale()) if ctl is not None else 1.0)
