@@ -21,6 +21,7 @@ class Point:
     n: int = 0
     run_ids: list = field(default_factory=list)
     frontier: dict = field(default_factory=dict)  # y metric -> on that series' frontier
+    failed: bool = False  # a seed finished without learning (tag saeexp.learning=failed:...): never on a frontier
 
 
 def _mean_sd(xs: list[float]) -> tuple[float, float]:
@@ -38,7 +39,8 @@ def aggregate(runs: list[dict]) -> list[Point]:
     points = []
     order = sorted(cells.items(), key=lambda kv: (kv[1][0]["label"], kv[0][1], _num(kv[0][2]), kv[0][2]))
     for (series, control, value), rs in order:
-        p = Point(series, rs[0]["label"], control, value, n=len(rs), run_ids=[r["run_id"] for r in rs])
+        p = Point(series, rs[0]["label"], control, value, n=len(rs), run_ids=[r["run_id"] for r in rs],
+                  failed=any(r.get("failed") for r in rs))
         for name in {k for r in rs for k in r["metrics"]}:
             xs = [r["metrics"][name] for r in rs if name in r["metrics"] and r["metrics"][name] == r["metrics"][name]]
             if len(xs) == len(rs):  # a metric only when every seed has it
@@ -72,7 +74,7 @@ def mark_frontiers(points: list[Point]) -> dict[str, list[Point]]:
         by_series.setdefault(p.label, []).append(p)
     for ps in by_series.values():
         for y, higher in ((FVU, False), (CE, True)):
-            have = [p for p in ps if L0 in p.mean and y in p.mean]
+            have = [p for p in ps if L0 in p.mean and y in p.mean and not p.failed]
             for p, on in zip(have, pareto_mask([p.mean[L0] for p in have], [p.mean[y] for p in have], higher)):
                 p.frontier[y] = on
     return by_series

@@ -54,7 +54,9 @@ def read_runs(client, experiment_id: str) -> tuple[list[dict], dict[str, int]]:
         info[sid] = {"variant": t.get("variant", "?"), "choices": json.loads(t.get("saeexp.choices", "{}")),
                      "items": its}
         runs.append({"run_id": r.info.run_id, "series": sid, "control": control, "value": value,
-                     "metrics": {k: v for k, v in r.data.metrics.items() if k.startswith("final/")}})
+                     "metrics": {k: v for k, v in r.data.metrics.items() if k.startswith("final/")},
+                     # finished without learning (saeexp.train.run.learning_verdict): drawn hollow, off frontiers
+                     "failed": t.get("saeexp.learning", "").startswith("failed")})
     names = S.labels(info)
     for run in runs:
         run["label"] = names[run["series"]]
