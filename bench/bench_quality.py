@@ -161,6 +161,12 @@ def main(argv=None) -> None:
         ap.error(f"--variants: unknown {bad}; expected some of {list(VARIANTS)}")
     # a variant's base must be measured too
     a.variants += [VARIANTS[v]["base"] for v in list(a.variants) if "base" in VARIANTS[v] and VARIANTS[v]["base"] not in a.variants]
+    keys = {VARIANTS[v]["key"] for v in a.variants}
+    if a.settings and len(keys) > 1:
+        ap.error(f"--settings: the variants asked sweep different keys {sorted(keys)}; ask them in separate runs")
+    peers = {VARIANTS[v]["peer"] for v in a.variants if "peer" in VARIANTS[v]}
+    if a.peer_settings and len({p in ("topk", "batchtopk") for p in peers}) > 1:
+        ap.error(f"--peer-settings: SAELens' {sorted(peers)} mix k and coefficients; ask them in separate runs")
     a.settings = [float(s) for s in a.settings.split(",")] if a.settings else None
     a.peer_settings = [float(s) for s in a.peer_settings.split(",")] if a.peer_settings else None
     a.tokens = a.tokens or quality_sets.SETS[a.set]["tokens"]
