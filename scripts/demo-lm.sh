@@ -6,4 +6,6 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 "$here/scripts/setup-lm.sh"
-exec saeexp --config-name demo "$@"
+saeexp --config-name demo "$@"
+# the yardstick the SAE should beat: a rank-64 PCA reconstruction on the same hook and held-out windows
+saeexp-yardstick --config-name demo "$@"
