@@ -201,7 +201,7 @@ def test_resampler_on_topk_is_allowed_with_one_warning(compose_config, capsys):
 
 class FillDiskAt:
     """A Lightning callback that fills the disk after `step` steps: a tmpfs up to ENOSPC, or (`/dev/full`)
-    points the next checkpoint file at /dev/full, which refuses every write with ENOSPC."""
+    points the next checkpoint's temporary file at /dev/full, which refuses every write with ENOSPC."""
 
     def __new__(cls, step: int, mode: str):
         from lightning.pytorch.callbacks import Callback
@@ -212,7 +212,8 @@ class FillDiskAt:
                     return
                 run_dir = Path(trainer.default_root_dir)
                 if mode == "/dev/full":
-                    os.symlink("/dev/full", run_dir / "checkpoints" / "last.ckpt.tmp")
+                    # picked up as the checkpoint's temp name by the test's wrapper of saeexp.io.temp_name
+                    os.symlink("/dev/full", run_dir / "checkpoints" / "last.ckpt.tmp.full")
                     return
                 with open(run_dir.parent / "filler", "wb") as f:
                     try:
@@ -238,6 +239,13 @@ def test_disk_full_during_training_is_one_line_keeps_checkpoint_and_fails_the_ru
     else:  # Lightning writes checkpoints to a temp file and moves them: across filesystems, a copy that
         # follows the /dev/full link the callback plants
         monkeypatch.setattr(tempfile, "tempdir", "/dev/shm")
+        # temp names are unique per writer (saeexp.io.temp_name): a planted `<name>.tmp.full` link wins
+        import saeexp.io
+
+        unique = saeexp.io.temp_name
+        monkeypatch.setattr(saeexp.io, "temp_name", lambda path, kind="tmp": (
+            path.with_name(path.name + ".tmp.full") if path.with_name(path.name + ".tmp.full").is_symlink()
+            else unique(path, kind)))
     os.environ["SAEEXP_RUNS"] = str(runs)
     code, err = run_cli(["saeexp", *SMALL, "experiment=full", "train.checkpoint_every=10",
                          "+callbacks.fill._target_=test_bad_inputs.FillDiskAt", "+callbacks.fill.step=25",
@@ -245,7 +253,7 @@ def test_disk_full_during_training_is_one_line_keeps_checkpoint_and_fails_the_ru
     line = one_error_line(code, err, "No space left on device", "kept the last good checkpoint", "step 30")
     print(f"[{mode}] {line}", file=sys.__stdout__)
     (ckpt,) = runs.glob("full/*/checkpoints/last.ckpt")
-    assert not ckpt.with_name("last.ckpt.tmp").exists()
+    assert not list(ckpt.parent.glob("last.ckpt.tmp*"))  # no partial checkpoint left, whatever its name
     assert torch.load(ckpt, weights_only=True)["global_step"] == 20  # the last good one, whole
 
     from mlflow.tracking import MlflowClient

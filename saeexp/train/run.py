@@ -102,9 +102,10 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     sample = source.sample(cfg.train.init_sample_tokens, seed=cfg.seed)
     scale = init.input_scale(sample) if cfg.train.scale_inputs else 1.0
     with torch.no_grad():
-        sae.b_dec.copy_(init.b_dec_init(cfg.train.b_dec_init, sample * scale))
+        sample = sample * scale  # the space the SAE trains in: both inits below see it
+        sae.b_dec.copy_(init.b_dec_init(cfg.train.b_dec_init, sample))
     if cfg.train.fit_encoder_scale:
-        init.fit_encoder_scale(sae, sample * scale)
+        init.fit_encoder_scale(sae, sample)
 
     module = SAEModule(
         sae, penalties, instantiate(cfg.optimizer), total_steps=steps, input_scale=scale,
