@@ -22,9 +22,7 @@ SETUP = ["data.d_in=32", "data.n_features=128", "data.max_p=0.05", "data.alpha=0
          "train.init_sample_tokens=4096", "train.log_every=20", f"train.target_l0={TARGET}", "experiment=target"]
 
 
-@pytest.mark.parametrize("model", ["relu", "gated", "jumprelu", pytest.param("scsae", marks=pytest.mark.xfail(
-    reason="with the fitted encoder init (issue 8) scsae settles 10-15% under the target after the freeze: "
-           "held-out L0 13.6/13.8 for 16 (15.99/16.11 with train.fit_encoder_scale=false); open in issue 9"))])
+@pytest.mark.parametrize("model", ["relu", "gated", "jumprelu", "scsae"])
 def test_penalty_variants_reach_the_target_l0(model, tmp_path, one_thread):
     from mlflow.tracking import MlflowClient
 
