@@ -37,7 +37,7 @@ def test_train_logs_mlflow_run_and_eval_rescores(tmp_path):
     run_id = (run_dir / "mlflow_run_id").read_text().strip()
     r = client.get_run(run_id)
     assert r.info.status == "FINISHED"
-    assert r.data.params["model.d_sae"] == "64" and r.data.params["loss.l1"] == "0.005"
+    assert r.data.params["model.d_sae"] == "64" and r.data.params["loss.l1"] == "0.04"
     assert r.data.metrics["final/fvu"] == pytest.approx(metrics["fvu"])
     assert r.data.metrics["final/gt_recovered_at_0.9"] == pytest.approx(metrics["gt_recovered@0.9"])
     assert "loss/recon" in r.data.metrics and "train/l0" in r.data.metrics and "train/dead_frac" in r.data.metrics

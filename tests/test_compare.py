@@ -43,16 +43,16 @@ def _report(sweep):
 
 def test_k_sweep_seed_sweep_and_penalties_are_told_apart(sweep):
     r, points = _report(sweep)
-    assert set(points) == {("topk", "k", "4"), ("topk", "k", "16"), ("relu+l1", "coefficient", "0.005"),
-                           ("relu+l1_decoder_norm", "coefficient", "0.005"), ("batchtopk", "target_l0", "8")}, r["table"]
+    assert set(points) == {("topk", "k", "4"), ("topk", "k", "16"), ("relu+l1", "coefficient", "0.04"),
+                           ("relu+l1_decoder_norm", "coefficient", "0.04"), ("batchtopk", "target_l0", "8")}, r["table"]
     # the k sweep: two points on one topk series, one seed each, at clearly different L0 (TopK: at most k)
     assert points[("topk", "k", "4")]["seeds"] == 1 and points[("topk", "k", "16")]["seeds"] == 1
     assert 2 < points[("topk", "k", "4")]["mean"][L0] <= 4 < 8 < points[("topk", "k", "16")]["mean"][L0] <= 16
     # the seed sweep: one point with error bars over the two seeds
-    seeds = points[("relu+l1", "coefficient", "0.005")]
+    seeds = points[("relu+l1", "coefficient", "0.04")]
     assert seeds["seeds"] == 2 and seeds["sd"][FVU] > 0 and seeds["sd"][L0] > 0
     # relu with another penalty: another series, labelled by what differs
-    assert points[("relu+l1_decoder_norm", "coefficient", "0.005")]["seeds"] == 1
+    assert points[("relu+l1_decoder_norm", "coefficient", "0.04")]["seeds"] == 1
     assert len({p["series"] for p in r["points"]}) == 4
     assert "relu+l1_decoder_norm" in r["table"] and "matched L0" in r["matched"] and "L0 8" in r["matched"]
 
@@ -68,8 +68,8 @@ def test_runs_are_tagged_with_their_sparsity_control(sweep):
     assert "model.k" in tags["series_exclude"].split(",") and json.loads(tags["saeexp.choices"])["model"] == "batchtopk"
     assert 4 < run.data.metrics[L0] <= 12  # the target set k (BatchTopK: k per token on average)
     relu = MlflowClient(uri).get_run((root / "runs" / "seed0" / "mlflow_run_id").read_text()).data
-    assert (relu.tags["sparsity_control"], relu.tags["sparsity_value"]) == ("coefficient", "0.005")
-    assert relu.metrics["final/sparsity_coef"] == pytest.approx(0.005)
+    assert (relu.tags["sparsity_control"], relu.tags["sparsity_value"]) == ("coefficient", "0.04")
+    assert relu.metrics["final/sparsity_coef"] == pytest.approx(0.04)
 
 
 def test_report_ignores_orphaned_runs(sweep, monkeypatch):
@@ -93,4 +93,4 @@ def test_report_ignores_orphaned_runs(sweep, monkeypatch):
     client.log_metric(stray, FVU, 0.0)
     client.set_terminated(stray, "FINISHED")
     r, points = _report(sweep)
-    assert points[("relu+l1_decoder_norm", "coefficient", "0.005")]["run_ids"] == [new_id]
+    assert points[("relu+l1_decoder_norm", "coefficient", "0.04")]["run_ids"] == [new_id]
