@@ -95,7 +95,7 @@ class JumpReLUSAE(SAE):
     - theta learns at `threshold_lr_scale` (default sqrt(d_in)) times the configured lr. Under Adam each
       parameter moves about lr per step, so z = x W_enc + b_enc, a sum over d_in moving weights, outruns the
       one scalar theta by about sqrt(d_in): the L0 penalty could not keep up and the code stayed dense
-      (59 dense latents; with the scale 0, and recovered 0.43, but 367 dead).
+      (59 dense latents; the scale alone: 0 dense, recovered 0.43, but 367 dead).
     - `pre_act`: the pre-activation loss on dead latents, the only gradient such a latent gets (dead 367 -> 9).
     Both together, same test: L0 2.7, FVU 0.48, 9 dead, 0 dense, recovered 0.43 (one seed). Still short of
     issue 8's bar (0.8): the same coefficient now gives a much sparser code, and at lower coefficients
