@@ -38,8 +38,10 @@ def make(name: str, d_in: int, width: int, k: int, dead_frac: float):
         return SCSAE(d_in, width), [L1(5e-3)]
     if name == "gated":
         return GatedSAE(d_in, width), [L1(5e-3)]
-    if name == "jumprelu":
-        return JumpReLUSAE(d_in, width), [L0(5e-3)]
+    if name == "jumprelu":  # dead latents too, so the pre-activation loss has work
+        sae = JumpReLUSAE(d_in, width, dead_window_tokens=1)
+        sae.dead_F = torch.rand(width, generator=torch.Generator().manual_seed(1)) < dead_frac
+        return sae, [L0(5e-3)]
     cls = TopKSAE if name == "topk" else BatchTopKSAE
     sae = cls(d_in, width, k=k, dead_window_tokens=1)
     sae.dead_F = torch.rand(width, generator=torch.Generator().manual_seed(1)) < dead_frac
@@ -49,7 +51,9 @@ def make(name: str, d_in: int, width: int, k: int, dead_frac: float):
 def make_step(sae, penalties):
     """One training step closure (what SAEModule does per batch, minus logging)."""
     terms = [MSE(1.0), *penalties]
-    opt = torch.optim.Adam(sae.parameters(), lr=4e-5, fused=True)
+    opt = torch.optim.Adam(sae.param_groups(), lr=4e-5, fused=True)
+    for group in opt.param_groups:  # a variant's own learning rates, as SAEModule sets them
+        group["lr"] *= group.get("lr_scale", 1.0)
     dead_F = getattr(sae, "dead_F", None)
 
     def step(x_BD):
@@ -134,7 +138,7 @@ def main(argv=None):
     p.add_argument("--d-in", type=int, default=512)
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--k", type=int, default=64)
-    p.add_argument("--dead-frac", type=float, default=0.1, help="fraction of latents kept dead (AuxK work)")
+    p.add_argument("--dead-frac", type=float, default=0.1, help="fraction of latents kept dead (AuxK, pre-act work)")
     p.add_argument("--repeats", type=int, default=None, help="default: 7 at width <= 4096, else 3")
     p.add_argument("--quick", action="store_true", help="width 4096 only, 3 repeats")
     p.add_argument("--no-reuse-memory", action="store_true", help="leave glibc's mmap/trim defaults alone")

@@ -173,6 +173,35 @@ def test_jumprelu_log_parametrisation_and_triangle_kernel():
     torch.testing.assert_close(sae.threshold.grad, -torch.tensor([2.2, 1.8]) / (0.5 * 4))
 
 
+def test_jumprelu_pre_act_loss_revives_only_dead_latents():
+    sae = _identity_jumprelu([1.0, 2.0], 0.5, pre_act=0.5, dead_window_tokens=10)
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.diag(torch.tensor([2.0, 3.0])))
+        sae.tokens_since_fired.copy_(torch.tensor([10, 9]))  # latent 0 dead, latent 1 not (yet)
+    out = sae(X_JUMP)
+    # by hand, latent 0 only: z = 1.1, 0.9, 1.2, 3.0 below theta 1 once (gap .1); .5 * .1 * ||W_dec_0|| 2 / B 4
+    assert out.aux_losses["pre_act"].item() == pytest.approx(0.025)
+    out.aux_losses["pre_act"].backward()
+    torch.testing.assert_close(sae.threshold.grad, torch.tensor([0.25, 0.0]))  # .5 * 2 / 4, theta goes down
+    torch.testing.assert_close(sae.b_enc.grad, torch.tensor([-0.25, 0.0]))  # ... and z up
+    torch.testing.assert_close(sae.W_enc.grad, torch.tensor([[-0.25 * 0.9, 0.0], [-0.25 * 1.8, 0.0]]))
+    sae.eval()  # not a training loss: no term at evaluation
+    assert "pre_act" not in sae(X_JUMP).aux_losses
+
+
+def test_jumprelu_threshold_learns_at_its_own_rate():
+    from functools import partial
+
+    from saeexp.train.module import SAEModule
+
+    sae = JumpReLUSAE(16, 8)
+    opt = SAEModule(sae, [L0(0.1)], partial(torch.optim.Adam, lr=1e-3), total_steps=10) \
+        .configure_optimizers()["optimizer"]
+    lr = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lr[id(sae.threshold)] == pytest.approx(4e-3)  # sqrt(d_in) x lr by default
+    assert lr[id(sae.W_enc)] == pytest.approx(1e-3) and len(lr) == len(list(sae.parameters()))
+
+
 def test_jumprelu_threshold_stays_positive_and_moves_in_a_short_run():
     source, sae, penalties, *_ = _build("jumprelu", "l0", "loss.l0=1e-2")
     theta0 = sae.theta().detach().clone()

@@ -119,6 +119,11 @@ class SAE(nn.Module):
         """Renormalise decoder rows to unit norm, after the optimiser step."""
         self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
+    # --- optimiser ----------------------------------------------------------------------------------
+    def param_groups(self) -> list[dict]:
+        """Parameter groups for the optimiser; a group's `lr_scale` multiplies the configured learning rate."""
+        return [{"params": list(self.parameters())}]
+
     # --- bookkeeping ------------------------------------------------------------------------------
     @torch.no_grad()
     def update_firing(self, acts_BF: Tensor) -> None:

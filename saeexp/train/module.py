@@ -124,6 +124,8 @@ class SAEModule(L.LightningModule):
             self.resampler.maybe_resample(self, self.global_step)
 
     def configure_optimizers(self):
-        opt = self.optimizer_factory(params=self.sae.parameters())
+        opt = self.optimizer_factory(params=self.sae.param_groups())
+        for group in opt.param_groups:  # a variant's own learning rates, relative to the configured one
+            group["lr"] *= group.get("lr_scale", 1.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
