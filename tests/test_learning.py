@@ -15,22 +15,25 @@ DATA = ["data.d_in=32", "data.n_features=256", "data.max_p=0.2", "data.alpha=0.5
         "data.min_magnitude=0.5", "data.noise=0.02", "data.groups=16", "data.group_size=2", "data.group_p=0.005"]
 RECIPE = ["model.d_sae=512", "train.batch_size=2048", "optimizer.lr=4e-3", "train.tokens=1_200_000",
           "train.log_every=100", "train.checkpoint_every=100000"]
-# (variant overrides, recovered@0.9 at least). Measured on this set at these settings (one seed, 2026-12-01):
-# topk 0.98, scsae 0.95 (at 400k tokens), relu+l1 0.81, gated 0.77, relu+l1_decoder_norm 0.49, jumprelu 0.02,
-# batchtopk 0.03; with the first release's init relu+l1 recovered 0.05 of issue 8's set 1. The bars below are
-# the issue's (0.9 relu/topk, 0.8 the rest) where met; below it, a guard well above the broken state, and the
-# gap stays open in issue 8 (README, Training quality).
+# (variant overrides, recovered@0.9 at least). Measured on this set at these settings (one seed, 2026-12-01,
+# train(compose_cfg(DATA + RECIPE + overrides)) as the test runs it): relu+l1 9e-2 0.926 (L0 19.8, FVU 0.45),
+# relu+l1_decoder_norm 1e-1 0.746 (L0 18.7, FVU 0.49), gated 2e-1 0.949 (L0 3.6, FVU 0.37), topk 0.98, scsae 0.95;
+# jumprelu 0.43 and batchtopk 0.03 (below). With the first release's init relu+l1 recovered 0.05 of issue 8's
+# set 1. The bars are the issue's (0.9 relu+l1/topk, 0.8 the rest) where met; relu+l1_decoder_norm stays below
+# it at this budget (0.35-0.49 at 6e-2, 0.75 at 1e-1; 0.98 on the longer set 1), guarded well above broken.
 CASES = {
-    "relu+l1": (["model=relu", "loss=l1", "loss.l1=6e-2"], 0.7),
-    "relu+l1_decoder_norm": (["model=relu", "loss=l1_decoder_norm", "loss.l1=6e-2"], 0.3),
-    "gated": (["model=gated", "loss.l1=1.5e-1"], 0.6),
+    "relu+l1": (["model=relu", "loss=l1", "loss.l1=9e-2"], 0.9),
+    "relu+l1_decoder_norm": (["model=relu", "loss=l1_decoder_norm", "loss.l1=1e-1"], 0.7),
+    "gated": (["model=gated", "loss.l1=2e-1"], 0.8),
     "topk": (["model=topk", "model.k=8"], 0.9),
     "scsae": (["model=scsae", "loss.l1=6e-2"], 0.8),
 }
 # JumpReLU and BatchTopK lose most latents early (hundreds dead, tens dense) and reconstruct through
 # directions that are not the features: issue 8's open gap, kept visible as expected failures. JumpReLU with
 # theta's own learning rate and the dead-latent pre-activation loss (saeexp/sae/jumprelu.py): 9 dead, 0 dense,
-# recovered 0.43, but at L0 2.7 / FVU 0.48 (was L0 8.5, FVU 0.18, recovered 0.016)
+# recovered 0.43, but at L0 2.7 / FVU 0.48 (was L0 8.5, FVU 0.18, recovered 0.016). BatchTopK k=8: 373 dead,
+# 45 dense, recovered 0.03; SAELens 6.54.12's BatchTopK on the same data (bench/saelens_train.py) ends the same
+# (421 dead, 47 dense, recovered 0.035), so it is the method on this data, not a port defect (README).
 GAPS = {
     "jumprelu": (["model=jumprelu", "loss.l0=1e-1"], 0.8),
     "batchtopk": (["model=batchtopk", "model.k=8"], 0.8),
@@ -44,7 +47,7 @@ def test_variant_recovers_planted_features(case, tmp_path):
     overrides, at_least = ALL[case]
     result = train(compose_cfg(DATA + RECIPE + overrides, run_dir=tmp_path / "run"))
     assert result["gt_recovered@0.9"] >= at_least, result
-    assert result["fvu"] < 0.5, result       # it reconstructs too ...
+    assert result["fvu"] < 0.6, result       # it reconstructs too ...
     assert 1 <= result["l0"] <= 64, result  # ... sparsely
 
 
