@@ -16,6 +16,7 @@ and prints saeexp's tokens/s over SAELens'.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import subprocess
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 
 from saeexp.losses import L0, L1, MSE
+from saeexp.train.step import make_optimizer
 from saeexp.sae import SCSAE, BatchTopKSAE, GatedSAE, JumpReLUSAE, ReLUSAE, TopKSAE
 
 TARGETS = {"relu": None, "jumprelu": 0.8, "scsae": 0.8, "topk": 0.8, "batchtopk": 0.7, "gated": 0.6}
@@ -51,9 +53,7 @@ def make(name: str, d_in: int, width: int, k: int, dead_frac: float):
 def make_step(sae, penalties):
     """One training step closure (what SAEModule does per batch, minus logging)."""
     terms = [MSE(1.0), *penalties]
-    opt = torch.optim.Adam(sae.param_groups(), lr=4e-5, fused=True)
-    for group in opt.param_groups:  # a variant's own learning rates, as SAEModule sets them
-        group["lr"] *= group.get("lr_scale", 1.0)
+    opt = make_optimizer(functools.partial(torch.optim.Adam, lr=4e-5, fused=True), sae)  # as SAEModule
     dead_F = getattr(sae, "dead_F", None)
 
     def step(x_BD):

@@ -76,6 +76,12 @@ class SAE(nn.Module):
     def activation(self, pre_BF: Tensor) -> Tensor:
         return torch.relu(pre_BF)
 
+    def column_encoder(self, cols_N: Tensor) -> tuple[Tensor, Tensor]:
+        """W_enc's columns cols_N and their bias b_enc - b_dec W_enc: `x @ W + b` are those latents'
+        pre-activations, with gradient, at the cost of a product over len(cols_N) columns only."""
+        W_DN = self.W_enc.index_select(1, cols_N)
+        return W_DN, self.b_enc[cols_N] - self.b_dec @ W_DN
+
     def encode(self, x_BD: Tensor) -> Tensor:
         """Feature activations f(x)."""
         return self.activation(self.encode_pre(x_BD))

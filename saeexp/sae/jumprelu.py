@@ -165,9 +165,8 @@ class JumpReLUSAE(SAE):
         dead_N = self.dead_mask(self.dead_window_tokens).nonzero().squeeze(1)
         if dead_N.numel() == 0:
             return x_BD.new_zeros(())
-        # the dead columns' pre-activations, recomputed with gradient (a product over n_dead columns only)
-        W_DN = self.W_enc.index_select(1, dead_N)
-        z_BN = torch.addmm(self.b_enc[dead_N] - self.b_dec @ W_DN, x_BD, W_DN)
+        W_DN, b_N = self.column_encoder(dead_N)  # the dead columns' pre-activations, with gradient
+        z_BN = torch.addmm(b_N, x_BD, W_DN)
         gap_N = (self.theta()[dead_N] - z_BN.float()).relu().sum(0)
         return (gap_N @ self.W_dec[dead_N].norm(dim=1).float()) / x_BD.shape[0]
 

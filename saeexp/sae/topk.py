@@ -183,9 +183,7 @@ class TopKSAE(SAE):
             return torch.zeros((), dtype=x_BD.dtype, device=x_BD.device)
         e_BD = (x_BD - x_hat_BD).detach()
         k_aux = min(self.k_aux, dead_N.numel())
-        # the dead columns' pre-activations, recomputed with gradient (a product over n_dead columns only)
-        W_DN = self.W_enc.index_select(1, dead_N)
-        b_N = self.b_enc[dead_N] - self.b_dec @ W_DN
+        W_DN, b_N = self.column_encoder(dead_N)  # the dead columns' pre-activations, with gradient
         if 8 * k_aux < dead_N.numel():  # few kept per token: sparse, as the main path
             def select(z_BN):
                 vals_BK, j_BK = z_BN.topk(k_aux, dim=1, sorted=False)

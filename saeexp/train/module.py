@@ -9,6 +9,7 @@ from saeexp.losses.base import LossTerm
 from saeexp.losses.recon import MSE
 from saeexp.metrics import batch_metrics, decoder_mmcs
 from saeexp.sae.base import SAE
+from saeexp.train.step import make_optimizer
 
 
 DEC_MMCS_EVERY_LOGS = 10  # train/dec_mmcs is logged at every 10th log step (and the last step)
@@ -124,8 +125,6 @@ class SAEModule(L.LightningModule):
             self.resampler.maybe_resample(self, self.global_step)
 
     def configure_optimizers(self):
-        opt = self.optimizer_factory(params=self.sae.param_groups())
-        for group in opt.param_groups:  # a variant's own learning rates, relative to the configured one
-            group["lr"] *= group.get("lr_scale", 1.0)
+        opt = make_optimizer(self.optimizer_factory, self.sae)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -4,6 +4,14 @@ from __future__ import annotations
 from torch import Tensor
 
 
+def make_optimizer(optimizer_factory, sae):
+    """The optimiser over `sae.param_groups()`, each group's lr multiplied by its `lr_scale` (default 1)."""
+    opt = optimizer_factory(params=sae.param_groups())
+    for group in opt.param_groups:  # a variant's own learning rates, relative to the configured one
+        group["lr"] *= group.get("lr_scale", 1.0)
+    return opt
+
+
 def manual_step(sae, terms, optimizer, x_BD: Tensor):
     """Loss terms, backward, decoder-norm handling around the optimiser step, firing bookkeeping.
 
