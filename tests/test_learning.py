@@ -18,8 +18,8 @@ RECIPE = ["model.d_sae=512", "train.batch_size=2048", "optimizer.lr=4e-3", "trai
 # (variant overrides, recovered@0.9 at least). Measured on this set at these settings (one seed, 2026-12-01,
 # train(compose_cfg(DATA + RECIPE + overrides)) as the test runs it): relu+l1 9e-2 0.926 (L0 19.8, FVU 0.45),
 # relu+l1_decoder_norm 1e-1 0.746 (L0 18.7, FVU 0.49), gated 2e-1 0.961 (L0 4.1, FVU 0.37; 0.949 with the
-# paper's frozen auxiliary decoder), topk 0.98, scsae 0.95; jumprelu 0.63 and batchtopk 0.03 (below). With the first release's init relu+l1 recovered 0.05 of issue 8's
-# set 1. The bars are the issue's (0.9 relu+l1/topk, 0.8 the rest) where met; relu+l1_decoder_norm stays below
+# paper's frozen auxiliary decoder), topk 0.98, scsae 0.95; jumprelu 0.63 and batchtopk 0.03 (below). With the
+# first release's init relu+l1 recovered 0.05 of issue 8's set 1. The bars are the issue's (0.9 relu+l1/topk, 0.8 the rest) where met; relu+l1_decoder_norm stays below
 # it at this budget (0.35-0.49 at 6e-2, 0.75 at 1e-1; 0.98 on the longer set 1), guarded well above broken.
 CASES = {
     "relu+l1": (["model=relu", "loss=l1", "loss.l1=9e-2"], 0.9),
@@ -33,8 +33,7 @@ CASES = {
 # theta's own learning rate and the dead-latent pre-activation loss (saeexp/sae/jumprelu.py): 9 dead, 0 dense,
 # recovered 0.43, but at L0 2.7 / FVU 0.48 (was L0 8.5, FVU 0.18, recovered 0.016); with loss=l0's free decoder
 # (now the default) L0 2.3 / FVU 0.44 / recovered 0.63, and at loss.l0=3e-2 L0 6.5 / 0.26 (12 dense latents).
-# BatchTopK k=8: 373 dead,
-# 45 dense, recovered 0.03; SAELens 6.54.12's BatchTopK on the same data (bench/saelens_train.py) ends the same
+# BatchTopK k=8: 373 dead, 45 dense, recovered 0.03; SAELens 6.54.12's BatchTopK on the same data (bench/saelens_train.py) ends the same
 # (421 dead, 47 dense, recovered 0.035), so it is the method on this data, not a port defect (README).
 GAPS = {
     "jumprelu": (["model=jumprelu", "loss.l0=1e-1"], 0.8),
