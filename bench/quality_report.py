@@ -43,8 +43,17 @@ def interp(pts: list, log_l0: float, key: str) -> float:
     return pts[0][key]  # a single-point curve
 
 
+def learned(pts: list) -> list:
+    """The settings that learned: a mean FVU >= 1 (e.g. SAELens' standard at coefficient 15, L0 0) is kept
+    off frontiers, as saeexp-pareto does with `saeexp.learning=failed` runs (issue 8, item 4)."""
+    return [p for p in pts if p["fvu"] < 1]
+
+
 def compare(ours: list, ref: list) -> dict:
     """saeexp's curve against a reference at matched L0, only inside both curves' L0 range."""
+    ours, ref = learned(ours), learned(ref)
+    if not ours or not ref:
+        return {"overlap": None, "l0_range": [math.nan] * 2, "ref_l0_range": [math.nan] * 2}
     lo = max(ours[0]["log_l0"], ref[0]["log_l0"])
     hi = min(ours[-1]["log_l0"], ref[-1]["log_l0"])
     ranges = {"l0_range": [math.exp(ours[0]["log_l0"]), math.exp(ours[-1]["log_l0"])],
@@ -96,7 +105,8 @@ def _print(curves, comparisons, asked) -> None:
             print(f"{lib:8} {name:22} {p['setting']:>8g} {p['seeds']:>5} {p['l0']:>7.1f} {p['fvu']:>7.3f} "
                   f"{p['l2_ratio']:>6.3f} {p['dead_frac']:>6.3f} {p['recovered']:>7.3f} {p['mcc']:>6.3f} "
                   f"{p['wall_seconds']:>6.0f}{cs}")
-    print("\nat matched L0 (linear in log L0, inside both curves' range; diff = saeexp - reference):")
+    print("\nat matched L0 (linear in log L0, inside both curves' range, settings with FVU >= 1 left out;"
+          " diff = saeexp - reference):")
     for name in asked:
         for label, c in comparisons.get(name, {}).items():
             if c["overlap"] is None:

@@ -41,6 +41,11 @@ def check_seed(seed) -> int:
     return seed
 
 
+def check_grad_clip(clip) -> None:
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0):
+        raise ConfigError(f"train.grad_clip={clip!r}: expected a number > 0, or null for no clipping")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raise a ConfigError naming the key for a value no run could use: checked before anything is written."""
     if "experiment" in cfg:
@@ -64,3 +69,4 @@ def check_config(cfg: DictConfig) -> None:
     lr = _value(cfg, "optimizer.lr")
     if "optimizer" in cfg and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
         raise ConfigError(f"optimizer.lr={lr!r}: expected a number > 0")
+    check_grad_clip(_value(cfg, "train.grad_clip"))

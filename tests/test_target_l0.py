@@ -22,13 +22,20 @@ SETUP = ["data.d_in=32", "data.n_features=128", "data.max_p=0.05", "data.alpha=0
          "train.init_sample_tokens=4096", "train.log_every=20", f"train.target_l0={TARGET}", "experiment=target"]
 
 
+# JumpReLU's L0 follows lambda only as fast as theta moves: at its default (theta at the configured lr, SAELens')
+# this 400-step run ends at L0 13.6 / 14.7 for the two seeds (15% low), and at twice the steps 8.7 / 8.4, the
+# controller's integral running ahead of theta (README "Training to a target L0"). The test pins theta's
+# lr at sqrt(d_in) x lr (the default before gradient clipping): 16.2 / 16.0.
+PER_MODEL = {"jumprelu": ["model.threshold_lr_scale=5.66"]}
+
+
 @pytest.mark.parametrize("model", ["relu", "gated", "jumprelu", "scsae"])
 def test_penalty_variants_reach_the_target_l0(model, tmp_path, one_thread):
     from mlflow.tracking import MlflowClient
 
     for seed in (0, 1):
         run_dir = tmp_path / f"seed{seed}"
-        r = train(compose_cfg([f"model={model}", f"seed={seed}", *SETUP], run_dir=run_dir))
+        r = train(compose_cfg([f"model={model}", f"seed={seed}", *SETUP, *PER_MODEL.get(model, [])], run_dir=run_dir))
         assert abs(r["l0"] / TARGET - 1) < 0.10, f"{model} seed {seed}: held-out L0 {r['l0']:.2f}, target {TARGET}"
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     run_id = (run_dir / "mlflow_run_id").read_text()

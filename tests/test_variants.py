@@ -194,12 +194,13 @@ def test_jumprelu_threshold_learns_at_its_own_rate():
 
     from saeexp.train.module import SAEModule
 
-    sae = JumpReLUSAE(16, 8)
-    opt = SAEModule(sae, [L0(0.1)], partial(torch.optim.Adam, lr=1e-3), total_steps=10) \
-        .configure_optimizers()["optimizer"]
-    lr = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
-    assert lr[id(sae.threshold)] == pytest.approx(4e-3)  # sqrt(d_in) x lr by default
-    assert lr[id(sae.W_enc)] == pytest.approx(1e-3) and len(lr) == len(list(sae.parameters()))
+    for scale, theta_lr in ((None, 1e-3), (4.0, 4e-3)):  # the configured lr by default (SAELens')
+        sae = JumpReLUSAE(16, 8, threshold_lr_scale=scale)
+        opt = SAEModule(sae, [L0(0.1)], partial(torch.optim.Adam, lr=1e-3), total_steps=10) \
+            .configure_optimizers()["optimizer"]
+        lr = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+        assert lr[id(sae.threshold)] == pytest.approx(theta_lr)
+        assert lr[id(sae.W_enc)] == pytest.approx(1e-3) and len(lr) == len(list(sae.parameters()))
 
 
 def test_jumprelu_threshold_stays_positive_and_moves_in_a_short_run():
@@ -440,3 +441,30 @@ def test_batchtopk_sparse_training_path_matches_dense_autograd():
     ref = torch.autograd.grad(((acts @ p["W_dec"] + p["b_dec"] - x) ** 2).mean(), list(sae.parameters()))
     for name, a, b in zip(p, got, ref):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_gradient_clipping_is_stated_on_the_loss_summed_over_d_in():
+    """`train.grad_clip` c clips saeexp's mean-over-d_in loss at c / d_in (SAELens' clip at 1 = ours at 1)."""
+    from saeexp.train.module import SAEModule
+    from saeexp.train.step import clip_grad
+
+    def with_grads(scale):
+        sae = ReLUSAE(16, 32, decoder_norm="free")  # (a unit decoder's hook would change the gradient too)
+        for p in sae.parameters():
+            p.grad = torch.full_like(p, scale)
+        return sae
+
+    def norm(sae):
+        return torch.cat([p.grad.flatten() for p in sae.parameters()]).norm().item()
+
+    big, small = with_grads(1.0), with_grads(1e-6)
+    before = norm(small)
+    clip_grad(big, 1.0)
+    clip_grad(small, 1.0)
+    assert norm(big) == pytest.approx(1.0 / 16, rel=1e-4) and norm(small) == pytest.approx(before)
+    module = SAEModule(with_grads(1.0), [L1(0.1)], torch.optim.Adam, total_steps=10, grad_clip=2.0)
+    module.on_before_optimizer_step(None)  # where Lightning calls it: after backward, before the step
+    assert norm(module.sae) == pytest.approx(2.0 / 16, rel=1e-4)
+    unclipped = SAEModule(with_grads(1.0), [L1(0.1)], torch.optim.Adam, total_steps=10, grad_clip=None)
+    unclipped.on_before_optimizer_step(None)
+    assert norm(unclipped.sae) == pytest.approx(norm(with_grads(1.0)))

@@ -90,21 +90,19 @@ class JumpReLUSAE(SAE):
     used, and z - theta compared, in fp32; keep the parameter fp32 (bf16 autocast does; casting the SAE to
     bf16 would round theta's lr-sized updates away).
 
-    Two training defaults against issue 8's failure (planted-dictionary test, loss.l0=1e-1: L0 8.5, FVU 0.18,
-    recovered@0.9 0.016, 415 of 512 latents dead and 59 dense, reconstructing through PCA-like latents):
-    - theta learns at `threshold_lr_scale` (default sqrt(d_in)) times the configured lr. Under Adam each
-      parameter moves about lr per step, so z = x W_enc + b_enc, a sum over d_in moving weights, outruns the
-      one scalar theta by about sqrt(d_in): the L0 penalty could not keep up and the code stayed dense
-      (59 dense latents; the scale alone: 0 dense, recovered 0.43, but 367 dead).
-    - `pre_act`: the pre-activation loss on dead latents, the only gradient such a latent gets (dead 367 -> 9).
-    Both together, same test: L0 2.7, FVU 0.48, 9 dead, 0 dense, recovered 0.43 (one seed). Still short of
-    issue 8's bar (0.8): the same coefficient now gives a much sparser code, and at lower coefficients
-    (L0 ~8) dense latents return (loss.l0=3e-2: L0 8.4, FVU 0.21, 36 dense, recovered 0.03). Issue 8's set 1,
-    loss.l0=3e-2: L0 7.2 / FVU 0.337 / recovered 0.029 before, L0 5.4 / FVU 0.373 / recovered 0.54 after, and
-    L0 4.3 / FVU 0.314 / recovered 0.87 with `loss=l0`'s free decoder of initial norm 0.1 (conf/loss/l0.yaml).
-    Still open (issue 8): at L0 above ~2x the true L0 the code goes dense again (set 1, loss.l0=1e-2: L0 16.6,
-    FVU 0.158, 81 dense latents, recovered 0.07); Anthropic's tanh penalty in place of the count did not help
-    (planted-dictionary test, coefficients giving L0 1.7 / 15 / 24: recovered 0.58 / 0.008 / 0.000, 64 dense).
+    Training defaults, from issue 8 (set 1 = the quality bench's set; `bench/lockstep_saelens.py` trains this
+    module and SAELens' JumpReLU from identical weights on identical batches):
+    - the trainer clips the gradient norm (`train.grad_clip`, saeexp/train/step.py `clip_grad`). With SAELens'
+      settings and clipping this module reproduces SAELens' run (set 1, SAELens' l0 coefficient 1: L0 6.25,
+      FVU 0.256, recovered@0.9 0.963 against SAELens' 6.22 / 0.256 / 0.953); without clipping the same run
+      ends at L0 15.7, recovered 0.54 (`--clip none`). That was the gap to SAELens.
+    - theta learns at the configured lr (`threshold_lr_scale` 1). A scale of sqrt(d_in) made up for part of
+      the unclipped trainer's failure; with clipping it hurts (same run: L0 6.8, recovered 0.77, 58% dead).
+    - no pre-activation loss by default (`pre_act` 0, SAELens' default). `model.pre_act=1e-2` keeps latents
+      alive (the loss on dead latents, below) but moves the code off SAELens' curve: same run, L0 10.9, FVU
+      0.241, recovered 0.936, 2% dead, against 6.25 / 0.256 / 0.963, 15% dead; on the bench's curve (CLI, set 1)
+      FVU at matched L0 was 0.03-0.07 above SAELens' with it, on it without.
+    - bandwidth and initial threshold 0.001 * sqrt(d_in) (SAELens' 0.05 / 0.01 on set 1: recovered 0.955).
     """
 
     provides_l0 = True  # extras["l0"] carries the STE count that `loss=l0` penalises
@@ -112,7 +110,7 @@ class JumpReLUSAE(SAE):
     def __init__(self, d_in: int, d_sae: int, decoder_norm: str = "unit", init_dec_norm: float = 1.0,
                  enc_from_dec: bool = True, seed: int = 0, bandwidth: float | None = None,
                  init_threshold: float | None = None, kernel: str = "rectangle", threshold_param: str = "raw",
-                 min_threshold: float = 1e-6, threshold_lr_scale: float | None = None, pre_act: float = 1e-2,
+                 min_threshold: float = 1e-6, threshold_lr_scale: float | None = 1.0, pre_act: float = 0.0,
                  dead_window_tokens: int = 50_000):
         super().__init__(d_in, d_sae, decoder_norm, init_dec_norm, enc_from_dec, seed)
         if kernel not in KERNELS:
@@ -126,7 +124,7 @@ class JumpReLUSAE(SAE):
             raise ConfigError(f"model.bandwidth={bandwidth!r}, model.init_threshold={init_threshold!r}: "
                               "expected numbers > 0")
         self.kernel, self.threshold_param, self.min_threshold = kernel, threshold_param, float(min_threshold)
-        self.threshold_lr_scale = float(threshold_lr_scale if threshold_lr_scale is not None else math.sqrt(d_in))
+        self.threshold_lr_scale = float(threshold_lr_scale if threshold_lr_scale is not None else 1.0)
         if not self.threshold_lr_scale > 0 or not pre_act >= 0 or not dead_window_tokens >= 1:
             raise ConfigError(f"model.threshold_lr_scale={threshold_lr_scale!r}, model.pre_act={pre_act!r}, "
                               f"model.dead_window_tokens={dead_window_tokens!r}: expected > 0, >= 0, >= 1")

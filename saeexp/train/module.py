@@ -5,11 +5,12 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from saeexp.checks import check_grad_clip
 from saeexp.losses.base import LossTerm
 from saeexp.losses.recon import MSE
 from saeexp.metrics import batch_metrics, decoder_mmcs
 from saeexp.sae.base import SAE
-from saeexp.train.step import make_optimizer
+from saeexp.train.step import clip_grad, make_optimizer
 
 
 DEC_MMCS_EVERY_LOGS = 10  # train/dec_mmcs is logged at every 10th log step (and the last step)
@@ -25,7 +26,7 @@ class SAEModule(L.LightningModule):
     def __init__(self, sae: SAE, penalties: list[LossTerm], optimizer_factory, total_steps: int,
                  input_scale: float = 1.0, lr_warmup_steps: int = 0, lr_decay_steps: int = 0,
                  sparsity_warmup_steps: int = 0, log_every: int = 50, dead_window_tokens: int = 1_000_000,
-                 resampler=None, reuse_memory: bool = True, target_l0=None):
+                 resampler=None, reuse_memory: bool = True, target_l0=None, grad_clip: float | None = None):
         super().__init__()
         self.sae = sae
         self.terms = nn.ModuleList([MSE(1.0), *penalties])
@@ -39,6 +40,8 @@ class SAEModule(L.LightningModule):
         self.resampler = resampler
         self.reuse_memory = reuse_memory
         self.target_l0 = target_l0  # saeexp.train.target_l0.TargetL0, or None: a fixed coefficient
+        check_grad_clip(grad_clip)
+        self.grad_clip = grad_clip  # max gradient norm on the loss summed over d_in (saeexp.train.step.clip_grad)
         # first step whose loss was not finite (-1: none); a device tensor, read only at log steps
         self.register_buffer("first_bad_step", torch.tensor(-1, dtype=torch.long))
 
@@ -115,6 +118,7 @@ class SAEModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         if self.sae.unit_norm:
             self.sae.remove_parallel_grad()
+        clip_grad(self.sae, self.grad_clip)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         # right after the step, before any callback (a checkpoint must see renormalised rows)

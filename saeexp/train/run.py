@@ -112,7 +112,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
         lr_warmup_steps=tok(cfg.train.lr_warmup_tokens), lr_decay_steps=tok(cfg.train.lr_decay_tokens),
         sparsity_warmup_steps=tok(cfg.train.sparsity_warmup_tokens), log_every=cfg.train.log_every,
         dead_window_tokens=cfg.train.dead_window_tokens, resampler=resampler,
-        reuse_memory=cfg.train.get("reuse_memory", True),
+        reuse_memory=cfg.train.get("reuse_memory", True), grad_clip=cfg.train.get("grad_clip"),
         target_l0=target_l0.controller(cfg, penalties, steps, tok(cfg.train.sparsity_warmup_tokens),
                                        tok(cfg.train.lr_decay_tokens)))
     dm = ActivationDataModule(source, batch_size, cfg.seed)
