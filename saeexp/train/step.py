@@ -29,8 +29,8 @@ def clip_grad(sae, max_norm: float | None) -> None:
     """
     if max_norm is None:
         return
-    torch.nn.utils.clip_grad_norm_([p for p in sae.parameters() if p.grad is not None], max_norm / sae.d_in,
-                                   foreach=True)
+    # (torch chooses its foreach kernels itself: on CUDA tensors only)
+    torch.nn.utils.clip_grad_norm_([p for p in sae.parameters() if p.grad is not None], max_norm / sae.d_in)
 
 
 def manual_step(sae, terms, optimizer, x_BD: Tensor, grad_clip: float | None = None):
