@@ -67,6 +67,34 @@ def build(cfg: DictConfig, source=None):
     return source, sae, penalties, resampler, batch_size, steps
 
 
+def init_from_sample(cfg: DictConfig, source, sae) -> float:
+    """The input scale and b_dec from a training sample, then the encoder-scale fit; returns the scale.
+
+    Deterministic, so a resume recomputes the same.
+    """
+    sample = source.sample(cfg.train.init_sample_tokens, seed=cfg.seed)
+    scale = init.input_scale(sample) if cfg.train.scale_inputs else 1.0
+    with torch.no_grad():
+        sample = sample * scale  # the space the SAE trains in: both inits below see it
+        sae.b_dec.copy_(init.b_dec_init(cfg.train.b_dec_init, sample))
+    if cfg.train.fit_encoder_scale:
+        init.fit_encoder_scale(sae, sample)
+    return scale
+
+
+def make_module(cfg: DictConfig, sae, penalties, resampler, scale: float, steps: int, batch_size: int) -> SAEModule:
+    """The LightningModule of a run: the SAE, its loss terms and the schedules, in steps."""
+    tok = lambda n: int(n) // batch_size  # noqa: E731 - token counts to steps
+    return SAEModule(
+        sae, penalties, instantiate(cfg.optimizer), total_steps=steps, input_scale=scale,
+        lr_warmup_steps=tok(cfg.train.lr_warmup_tokens), lr_decay_steps=tok(cfg.train.lr_decay_tokens),
+        sparsity_warmup_steps=tok(cfg.train.sparsity_warmup_tokens), log_every=cfg.train.log_every,
+        dead_window_tokens=cfg.train.dead_window_tokens, resampler=resampler,
+        reuse_memory=cfg.train.get("reuse_memory", True), grad_clip=cfg.train.get("grad_clip"),
+        target_l0=target_l0.controller(cfg, penalties, steps, tok(cfg.train.sparsity_warmup_tokens),
+                                       tok(cfg.train.lr_decay_tokens)))
+
+
 def train(cfg: DictConfig) -> dict:
     """Train (or resume, or return the finished result of) the run in `cfg.paths.run_dir`.
 
@@ -96,25 +124,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     torch.set_float32_matmul_precision(cfg.train.matmul_precision)
     source, sae, penalties, resampler, batch_size, steps = build(cfg)
     source.prepare()
-    tok = lambda n: int(n) // batch_size  # noqa: E731 - token counts to steps
 
-    # input scale and b_dec from a training sample (deterministic, so a resume recomputes the same)
-    sample = source.sample(cfg.train.init_sample_tokens, seed=cfg.seed)
-    scale = init.input_scale(sample) if cfg.train.scale_inputs else 1.0
-    with torch.no_grad():
-        sample = sample * scale  # the space the SAE trains in: both inits below see it
-        sae.b_dec.copy_(init.b_dec_init(cfg.train.b_dec_init, sample))
-    if cfg.train.fit_encoder_scale:
-        init.fit_encoder_scale(sae, sample)
-
-    module = SAEModule(
-        sae, penalties, instantiate(cfg.optimizer), total_steps=steps, input_scale=scale,
-        lr_warmup_steps=tok(cfg.train.lr_warmup_tokens), lr_decay_steps=tok(cfg.train.lr_decay_tokens),
-        sparsity_warmup_steps=tok(cfg.train.sparsity_warmup_tokens), log_every=cfg.train.log_every,
-        dead_window_tokens=cfg.train.dead_window_tokens, resampler=resampler,
-        reuse_memory=cfg.train.get("reuse_memory", True), grad_clip=cfg.train.get("grad_clip"),
-        target_l0=target_l0.controller(cfg, penalties, steps, tok(cfg.train.sparsity_warmup_tokens),
-                                       tok(cfg.train.lr_decay_tokens)))
+    scale = init_from_sample(cfg, source, sae)
+    module = make_module(cfg, sae, penalties, resampler, scale, steps, batch_size)
     dm = ActivationDataModule(source, batch_size, cfg.seed)
 
     from saeexp.tracking import log_config, make_logger
