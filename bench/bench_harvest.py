@@ -82,8 +82,9 @@ def bench_harvest(dtype: str, rounds: int, batches: int, bs: int = 32) -> dict:
 def bench_read_vs_step(tokens: int = 262_144, d_in: int = 576, d_sae: int = 4608, batch: int = 1024) -> dict:
     """Rows/s the cache reader delivers (cold if the page cache can be dropped) vs an SAE step's rows/s."""
     from saeexp.data.base import ChunkedReader
-    from saeexp.losses import L1
+    from saeexp.losses import L1, MSE
     from saeexp.sae import ReLUSAE
+    from saeexp.train.step import manual_step
 
     with tempfile.TemporaryDirectory(dir=_cache()) as d:
         path = Path(d) / "train.npy"
@@ -112,17 +113,13 @@ def bench_read_vs_step(tokens: int = 262_144, d_in: int = 576, d_sae: int = 4608
         read_rate = n * batch / (time.perf_counter() - t)
     sae = ReLUSAE(d_in, d_sae)
     opt = torch.optim.Adam(sae.parameters(), lr=4e-4, fused=True)
-    l1 = L1(coef=5e-3)
+    terms = [MSE(), L1(coef=5e-3)]
     x = torch.randn(batch, d_in)
     steps = 10
     for i in range(steps + 2):
         if i == 2:
             t = time.perf_counter()
-        out = sae(x)
-        loss = (out.x_hat_BD - x).pow(2).sum(-1).mean() + l1(x, out, sae)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        manual_step(sae, terms, opt, x)
     step_rate = steps * batch / (time.perf_counter() - t)
     return {"read_tokens_per_s": read_rate, "cold": cold, "step_tokens_per_s": step_rate,
             "read_over_step": read_rate / step_rate}

@@ -21,19 +21,14 @@ import torch
 from saeexp.losses import L1, MSE
 from saeexp.losses.ortho import DecoderOrthogonality
 from saeexp.sae import ReLUSAE
+from saeexp.train.step import manual_step
 
 
 def make_step(sae, terms):
     opt = torch.optim.Adam(sae.parameters(), lr=4e-5, fused=True)
 
     def step(x_BD):
-        out = sae(x_BD)
-        loss = sum(t(x_BD, out, sae) for t in terms)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        sae.remove_parallel_grad()
-        opt.step()
-        sae.normalize_decoder()
+        manual_step(sae, terms, opt, x_BD)
 
     return step
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from saeexp.losses import L0, L1, MSE
-from saeexp.train.step import make_optimizer
+from saeexp.train.step import make_optimizer, manual_step
 from saeexp.sae import SCSAE, BatchTopKSAE, GatedSAE, JumpReLUSAE, ReLUSAE, TopKSAE
 
 TARGETS = {"relu": None, "jumprelu": 0.8, "scsae": 0.8, "topk": 0.8, "batchtopk": 0.7, "gated": 0.6}
@@ -51,7 +51,7 @@ def make(name: str, d_in: int, width: int, k: int, dead_frac: float):
 
 
 def make_step(sae, penalties):
-    """One training step closure (what SAEModule does per batch, minus logging)."""
+    """One training step closure: saeexp.train.step.manual_step, what SAEModule runs per batch minus logging."""
     terms = [MSE(1.0), *penalties]
     opt = make_optimizer(functools.partial(torch.optim.Adam, lr=4e-5, fused=True), sae)  # as SAEModule
     dead_F = getattr(sae, "dead_F", None)
@@ -59,15 +59,7 @@ def make_step(sae, penalties):
     def step(x_BD):
         if dead_F is not None:  # a fixed set of dead latents, so AuxK always has work
             sae.tokens_since_fired.copy_(dead_F.long())
-        out = sae(x_BD)
-        loss = sum(t(x_BD, out, sae) for t in terms) + sum(out.aux_losses.values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if sae.unit_norm:
-            sae.remove_parallel_grad()
-        opt.step()
-        if sae.unit_norm:
-            sae.normalize_decoder()
+        manual_step(sae, terms, opt, x_BD)  # the trainer's step, firing bookkeeping included
 
     return step
 

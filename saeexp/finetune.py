@@ -11,23 +11,25 @@ b_enc from its output; gated has two encoder biases) the encoder keeps its origi
 methods that train the decoder bias are refused there (the result could not be saved as the same SAE).
 Encoder weights/biases of a variant are its `encoder_rows` (gated: W_gate; b_gate, r_mag, b_mag).
 
-The loop is a compact one rather than the Lightning training module: no penalty, resampler, sparsity
-warm-up or resume is involved, and the module's bookkeeping assumes a bare SAE, not one with a frozen part.
-The result is saved as a normal SAE of the same class, with s folded into the decoder rows.
+The loop is `saeexp.train.step.manual_step` (the training step every path runs) with the reconstruction term
+alone, rather than the Lightning training module: no penalty, resampler, sparsity warm-up or resume is
+involved. ScaledSAE provides the step's SAE hooks for its trainable part. The result is saved as a normal SAE
+of the same class, with s folded into the decoder rows.
 """
 from __future__ import annotations
 
 import copy
 import json
 import sys
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from saeexp.errors import ConfigError
+from saeexp.losses.recon import MSE
 from saeexp.resample.anthropic import encoder_rows
+from saeexp.sae.base import SAEOutput
+from saeexp.train.step import Recipe, manual_step
 
 METHODS = ("scale", "decoder", "unrotated_decoder", "encoder", "unrotated_encoder", "unrotated_all")
 TRAINS = {  # method -> (decoder weights, decoder bias, encoder weights, encoder biases)
@@ -88,9 +90,27 @@ class ScaledSAE(nn.Module):
     def trainable(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
-    def forward(self, x_BD: Tensor) -> Tensor:
-        acts_BF = self.sae.encode(x_BD)
-        return torch.addmm(self.b_dec, acts_BF * self.s, self.sae.W_dec)
+    def forward(self, x_BD: Tensor) -> SAEOutput:
+        acts_BF = self.sae.encode(x_BD) * self.s
+        return SAEOutput(torch.addmm(self.b_dec, acts_BF, self.sae.W_dec), acts_BF, acts_BF)
+
+    # --- the training step's SAE hooks (saeexp.train.step) -------------------------------------------
+    @property
+    def d_in(self) -> int:
+        return self.sae.d_in
+
+    def _unit_rows_train(self) -> bool:
+        return self.sae.W_dec.requires_grad and self.sae.unit_norm
+
+    def before_optimizer_step(self) -> None:
+        if self._unit_rows_train():
+            self.sae.remove_parallel_grad()
+
+    def after_optimizer_step(self) -> None:
+        self.renormalize()
+
+    def update_firing(self, acts_BF: Tensor) -> None:
+        """The inner SAE's firing counters stay as trained (fine-tuning changes no firing on the decoder side)."""
 
     @torch.no_grad()
     def to_sae(self):
@@ -109,31 +129,26 @@ class ScaledSAE(nn.Module):
     @torch.no_grad()
     def renormalize(self) -> None:
         """With a unit-norm SAE and W_dec training, keep the rows unit: s carries the norms."""
-        if self.sae.W_dec.requires_grad and self.sae.unit_norm:
+        if self._unit_rows_train():
             self.sae.normalize_decoder()
 
 
 def finetune(sae, batches, input_scale: float, method: str, steps: int, lr: float = 4e-4,
              lr_decay_frac: float = 0.2, probe_BD: Tensor | None = None) -> ScaledSAE:
     """Train a ScaledSAE on reconstruction only, from raw batches; returns it (use `.to_sae()`)."""
-    first = next(batches) * input_scale
+    batch_BD = next(batches)  # raw: the step scales it
+    first = batch_BD * input_scale
     model = ScaledSAE(sae, method, first if probe_BD is None else probe_BD)
     opt = torch.optim.Adam(model.trainable(), lr=lr, fused=True)
     decay = max(1, int(round(steps * lr_decay_frac))) if lr_decay_frac > 0 else 0
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (steps - t) / decay) if decay else 1.0)
-    x_BD = first
+    recipe, terms = Recipe(input_scale=input_scale), [MSE()]
     from tqdm import tqdm
 
-    for _ in tqdm(range(steps), desc=f"saeexp-finetune ({method})", unit="step", mininterval=5):
-        loss = F.mse_loss(model(x_BD), x_BD)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if model.sae.W_dec.requires_grad and model.sae.unit_norm:
-            model.sae.remove_parallel_grad()
-        opt.step()
+    for step in tqdm(range(steps), desc=f"saeexp-finetune ({method})", unit="step", mininterval=5):
+        manual_step(model, terms, opt, batch_BD, step, recipe)
         sched.step()
-        model.renormalize()
-        x_BD = next(batches) * input_scale
+        batch_BD = next(batches)
     return model
 
 

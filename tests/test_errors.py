@@ -1,7 +1,6 @@
 """Bad input gets a clear one-line error naming the bad value, and a non-zero exit."""
 import os
 
-import pytest
 import torch
 
 from test_cli import SMALL, run

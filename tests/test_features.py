@@ -3,11 +3,9 @@ features, a feature page shows its highlighted contexts, and those are the brute
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch

@@ -12,9 +12,11 @@ from saeexp.data.synthetic import SyntheticSource
 from saeexp.errors import ConfigError
 from saeexp.finetune import METHODS, ScaledSAE, finetune, finetune_saved
 from saeexp.io import load_meta, load_sae, save_sae
+from saeexp.losses import L1, MSE
 from saeexp.metrics import evaluate
 from saeexp.sae import GatedSAE, SCSAE
 from saeexp.sae.relu import ReLUSAE
+from saeexp.train.step import Recipe, manual_step
 
 DATA = {"_target_": "saeexp.data.synthetic.SyntheticSource", "d_in": 16, "n_features": 32, "max_p": 0.5, "alpha": 0.3,
         "heldout_tokens": 4096, "seed": 0}
@@ -29,15 +31,9 @@ def _shrunk_sae(steps=300):
     sae = ReLUSAE(16, 48, seed=0)
     opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
     batches = src.batches(512, seed=0)
-    for _ in range(steps):
-        x = next(batches) * scale
-        out = sae(x)
-        loss = (out.x_hat_BD - x).pow(2).mean() + 0.05 * out.acts_BF.sum() / x.shape[0]
-        opt.zero_grad()
-        loss.backward()
-        sae.remove_parallel_grad()
-        opt.step()
-        sae.normalize_decoder()
+    terms, recipe = [MSE(), L1(0.05)], Recipe(input_scale=scale)
+    for step in range(steps):
+        manual_step(sae, terms, opt, next(batches), step, recipe)
     return src, sae, scale
 
 
@@ -65,7 +61,7 @@ def test_finetuning_undoes_shrinkage_with_l0_unchanged(method, shrunk, one_threa
     assert (model.s > 1).float().mean() > 0.5  # mostly scaled up
     # the plain SAE computes exactly what the fine-tuned model does
     x = x_eval[:256]
-    torch.testing.assert_close(model.to_sae()(x).x_hat_BD, model(x), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(model.to_sae()(x).x_hat_BD, model(x).x_hat_BD, rtol=1e-4, atol=1e-4)
 
 
 EXPECTED = {  # method -> parameters that move (besides s)
@@ -98,7 +94,7 @@ def test_fold_keeps_activations_and_is_refused_where_impossible(one_thread):
             if hasattr(sae, "b_enc"):
                 sae.b_enc.copy_(torch.randn(16) * 0.1)
         model = ScaledSAE(sae, "scale", x)
-        torch.testing.assert_close(model(x), sae(x).x_hat_BD, rtol=1e-4, atol=1e-4)  # s = 1: the same SAE
+        torch.testing.assert_close(model(x).x_hat_BD, sae(x).x_hat_BD, rtol=1e-4, atol=1e-4)  # s = 1: the same SAE
         assert model.folded == (cls is ReLUSAE)
         if cls is not ReLUSAE:
             with pytest.raises(ConfigError, match="decoder bias"):

@@ -8,8 +8,10 @@ import torch
 
 from conftest import CONF, SimulatedCrash, compose_cfg
 from saeexp.data.synthetic import SyntheticSource
+from saeexp.losses import L1, MSE
 from saeexp.resample.anthropic import AnthropicResampler, encoder_rows
 from saeexp.sae.relu import ReLUSAE
+from saeexp.train.step import manual_step
 
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 LOSSES = sorted(p.stem for p in (CONF / "loss").glob("*.yaml"))
@@ -32,13 +34,8 @@ def _setup(n_dead=5, F=24, D=8):
     batches = src.batches(256, seed=0)
     with torch.no_grad():
         sae.b_enc[:n_dead] = -1e3  # these features can never fire
-    for _ in range(3):  # some optimiser state everywhere
-        x = next(batches)
-        out = sae(x)
-        ((out.x_hat_BD - x).pow(2).mean() + out.acts_BF.sum() / 256 * 1e-3 + sae.b_enc.pow(2).sum()).backward()
-        opt.step()
-        opt.zero_grad()
-        sae.update_firing(out.acts_BF)
+    for step in range(3):  # some optimiser state everywhere
+        manual_step(sae, [MSE(), L1(1e-3)], opt, next(batches), step)
     for st in opt.state.values():  # dead rows got no gradient: give every entry a moment worth resetting
         st["exp_avg"].normal_()
         st["exp_avg_sq"].uniform_(0.1, 1.0)

@@ -5,6 +5,7 @@ import saeexp
 from saeexp.io import save_sae
 from saeexp.losses import L1, MSE
 from saeexp.sae import ReLUSAE
+from saeexp.train.step import Recipe, manual_step
 
 
 def test_save_then_load_matches_trained_module_on_raw_inputs(tmp_path):
@@ -14,12 +15,7 @@ def test_save_then_load_matches_trained_module_on_raw_inputs(tmp_path):
     sae = ReLUSAE(d_in=16, d_sae=48)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
     for _ in range(30):  # trained in the scaled space, as the trainer does
-        x = raw[torch.randint(0, 2048, (256,))] * scale
-        out = sae(x)
-        loss = MSE()(x, out, sae) + L1(1e-2)(x, out, sae)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        manual_step(sae, [MSE(), L1(1e-2)], opt, raw[torch.randint(0, 2048, (256,))], recipe=Recipe(scale))
     model_cfg = {"_target_": "saeexp.sae.ReLUSAE", "d_in": 16, "d_sae": 48}
     import copy
 

@@ -125,6 +125,17 @@ class SAE(nn.Module):
         """Renormalise decoder rows to unit norm, after the optimiser step."""
         self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
+    # --- hooks around the optimiser step (saeexp.train.step calls them on every path) ----------------
+    def before_optimizer_step(self) -> None:
+        """After backward, before gradient clipping and the step: a unit-norm decoder drops the radial gradient."""
+        if self.unit_norm:
+            self.remove_parallel_grad()
+
+    def after_optimizer_step(self) -> None:
+        """Right after the step (before any checkpoint sees the weights): unit-norm rows renormalised."""
+        if self.unit_norm:
+            self.normalize_decoder()
+
     # --- optimiser ----------------------------------------------------------------------------------
     def param_groups(self) -> list[dict]:
         """Parameter groups for the optimiser; a group's `lr_scale` multiplies the configured learning rate."""

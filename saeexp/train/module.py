@@ -10,14 +10,10 @@ from saeexp.losses.base import LossTerm
 from saeexp.losses.recon import MSE
 from saeexp.metrics import batch_metrics, decoder_mmcs
 from saeexp.sae.base import SAE
-from saeexp.train.step import clip_grad, make_optimizer
-
+from saeexp.train.step import Recipe, after_optimizer_step, before_optimizer_step, linear_ramp, make_optimizer, \
+    step_losses
 
 DEC_MMCS_EVERY_LOGS = 10  # train/dec_mmcs is logged at every 10th log step (and the last step)
-
-
-def linear_ramp(step: int, warmup_steps: int) -> float:
-    return 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
 
 
 class SAEModule(L.LightningModule):
@@ -33,15 +29,15 @@ class SAEModule(L.LightningModule):
         for t in self.terms:
             t.validate(sae)
         self.optimizer_factory = optimizer_factory
-        self.total_steps, self.input_scale = total_steps, float(input_scale)
+        self.total_steps = total_steps
         self.lr_warmup_steps, self.lr_decay_steps = lr_warmup_steps, lr_decay_steps
-        self.sparsity_warmup_steps, self.log_every = sparsity_warmup_steps, log_every
+        self.log_every = log_every
         self.dead_window_tokens = dead_window_tokens
         self.resampler = resampler
         self.reuse_memory = reuse_memory
-        self.target_l0 = target_l0  # saeexp.train.target_l0.TargetL0, or None: a fixed coefficient
         check_grad_clip(grad_clip)
-        self.grad_clip = grad_clip  # max gradient norm on the loss summed over d_in (saeexp.train.step.clip_grad)
+        # the step's own settings (saeexp.train.step); target_l0: a TargetL0, or None for a fixed coefficient
+        self.recipe = Recipe(float(input_scale), sparsity_warmup_steps, grad_clip, target_l0)
         # first step whose loss was not finite (-1: none); a device tensor, read only at log steps
         self.register_buffer("first_bad_step", torch.tensor(-1, dtype=torch.long))
 
@@ -54,30 +50,15 @@ class SAEModule(L.LightningModule):
             f *= self.resampler.lr_factor(step)
         return f
 
-    def sparsity_factor(self, step: int) -> float:
-        return linear_ramp(step, self.sparsity_warmup_steps)
+    @property
+    def target_l0(self):
+        return self.recipe.target_l0
 
-    # --- the step -----------------------------------------------------------------------------------
-    def loss_terms(self, x_BD: Tensor, step: int):
-        out = self.sae(x_BD)
-        warm = self.sparsity_factor(step)
-        if self.target_l0 is not None:
-            warm = warm * self.target_l0.scale()
-        terms = {}
-        for t in self.terms:
-            v = t(x_BD, out, self.sae)
-            terms[t.name] = v * warm if t.is_sparsity else v
-        terms.update(out.aux_losses)
-        return out, terms
-
+    # --- the step (saeexp.train.step; Lightning runs backward and the optimiser between the hooks) ---------
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         step = self.global_step
-        x_BD = batch * self.input_scale if self.input_scale != 1.0 else batch
-        out, terms = self.loss_terms(x_BD, step)
-        if self.target_l0 is not None:
-            self.target_l0.observe(out.acts_BF, step)
+        x_BD, out, terms = step_losses(self.sae, self.terms, batch, step, self.recipe)
         loss = sum(terms.values())
-        self.sae.update_firing(out.acts_BF)
         bad = ~torch.isfinite(loss.detach())
         self.first_bad_step.copy_(torch.where(bad & (self.first_bad_step < 0), step, self.first_bad_step))
         if self.resampler is not None:
@@ -114,17 +95,14 @@ class SAEModule(L.LightningModule):
 
             reuse_freed_memory()
 
-    # --- decoder-norm handling around the optimiser step ------------------------------------------
+    # --- the step's hooks around the optimiser ---------------------------------------------------------
     def on_before_optimizer_step(self, optimizer) -> None:
-        if self.sae.unit_norm:
-            self.sae.remove_parallel_grad()
-        clip_grad(self.sae, self.grad_clip)
+        before_optimizer_step(self.sae, self.recipe)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         # right after the step, before any callback (a checkpoint must see renormalised rows)
         super().optimizer_step(*args, **kwargs)
-        if self.sae.unit_norm:
-            self.sae.normalize_decoder()
+        after_optimizer_step(self.sae)
         if self.resampler is not None:
             self.resampler.maybe_resample(self, self.global_step)
 

@@ -1,5 +1,13 @@
-"""One training step without Lightning, for notebooks, tests and benchmarks (SAEModule does the same via hooks)."""
+"""The training step, one copy: every path (the LightningModule, `manual_step`, fine-tuning, benches, tests) runs it.
+
+A step is `step_losses` (input scaling, the forward pass, each named loss term with the sparsity warm-up and
+the target-L0 scale, firing bookkeeping), then backward, `before_optimizer_step` (the SAE's hook, then
+gradient clipping), the optimiser step and `after_optimizer_step` (the SAE's hook). SAEModule lets Lightning
+run backward and the optimiser between them; `manual_step` runs them itself.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -11,6 +19,43 @@ def make_optimizer(optimizer_factory, sae):
     for group in opt.param_groups:  # a variant's own learning rates, relative to the configured one
         group["lr"] *= group.get("lr_scale", 1.0)
     return opt
+
+
+def linear_ramp(step: int, warmup_steps: int) -> float:
+    return 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
+
+
+@dataclass
+class Recipe:
+    """What a step does around the SAE and its loss terms (the train.* keys, in steps). Defaults: nothing."""
+
+    input_scale: float = 1.0          # raw batch -> the space the SAE trains in (E||x|| = sqrt(d_in))
+    sparsity_warmup_steps: int = 0    # sparsity terms ramp linearly from 0 over these steps
+    grad_clip: float | None = None    # max gradient norm on the loss summed over d_in (clip_grad)
+    target_l0: object = None          # saeexp.train.target_l0.TargetL0: scales the sparsity terms, observes L0
+
+    def sparsity_factor(self, step: int):
+        warm = linear_ramp(step, self.sparsity_warmup_steps)
+        return warm * self.target_l0.scale() if self.target_l0 is not None else warm
+
+
+def step_losses(sae, terms, batch_BD: Tensor, step: int, recipe: Recipe):
+    """Input scaling, forward, the named loss terms (sparsity ones scaled by the recipe), firing bookkeeping.
+
+    Returns (x_BD scaled, the SAE's output, {term name: value}); the loss is the sum of the values.
+    """
+    x_BD = batch_BD * recipe.input_scale if recipe.input_scale != 1.0 else batch_BD
+    out = sae(x_BD)
+    factor = recipe.sparsity_factor(step)
+    values = {}
+    for t in terms:
+        v = t(x_BD, out, sae)
+        values[t.name] = v * factor if t.is_sparsity else v
+    values.update(out.aux_losses)
+    if recipe.target_l0 is not None:
+        recipe.target_l0.observe(out.acts_BF, step)
+    sae.update_firing(out.acts_BF)
+    return x_BD, out, values
 
 
 def clip_grad(sae, max_norm: float | None) -> None:
@@ -33,22 +78,29 @@ def clip_grad(sae, max_norm: float | None) -> None:
     torch.nn.utils.clip_grad_norm_([p for p in sae.parameters() if p.grad is not None], max_norm / sae.d_in)
 
 
-def manual_step(sae, terms, optimizer, x_BD: Tensor, grad_clip: float | None = None):
-    """Loss terms, backward, decoder-norm handling around the optimiser step, firing bookkeeping.
+def before_optimizer_step(sae, recipe: Recipe) -> None:
+    """After backward: the SAE's hook (unit-norm decoder: radial gradient removed), then gradient clipping."""
+    sae.before_optimizer_step()
+    clip_grad(sae, recipe.grad_clip)
 
-    Returns (output, {term name: weighted value}); `terms` are `LossTerm`s (include `MSE()` for the recon).
+
+def after_optimizer_step(sae) -> None:
+    """Right after the optimiser step: the SAE's hook (unit-norm decoder: rows renormalised)."""
+    sae.after_optimizer_step()
+
+
+def manual_step(sae, terms, optimizer, batch_BD: Tensor, step: int = 0, recipe: Recipe | None = None):
+    """One whole step without Lightning (notebooks, fine-tuning, benches, tests): what SAEModule does per batch.
+
+    `terms` are `LossTerm`s, the reconstruction included (`MSE()`); `step` drives the recipe's warm-up.
+    Returns (output, {term name: value}).
     """
-    out = sae(x_BD)
-    values = {t.name: t(x_BD, out, sae) for t in terms}
-    values.update(out.aux_losses)
+    recipe = recipe or Recipe()
+    _, out, values = step_losses(sae, terms, batch_BD, step, recipe)
     loss = sum(values.values())
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if sae.unit_norm:
-        sae.remove_parallel_grad()
-    clip_grad(sae, grad_clip)
+    before_optimizer_step(sae, recipe)
     optimizer.step()
-    if sae.unit_norm:
-        sae.normalize_decoder()
-    sae.update_firing(out.acts_BF)
+    after_optimizer_step(sae)
     return out, values
