@@ -48,25 +48,18 @@ def fingerprint(sae) -> dict[str, list[float]]:
 
 
 def train_pinned(case: str, tmp_path) -> tuple[dict, list]:
-    import lightning as L
     from hydra.utils import instantiate
 
-    from saeexp.train.datamodule import ActivationDataModule
-    from saeexp.train.run import build, init_from_sample, make_module
+    from saeexp.train.run import prepare
 
     extra = SPARSE.get(case, ["loss.l1=1"])
     cfg = compose_cfg([*CASES[case], *COMMON, *extra], run_dir=tmp_path / "run")
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    torch.set_float32_matmul_precision(cfg.train.matmul_precision)
-    source, sae, penalties, resampler, batch_size, steps = build(cfg)
-    source.prepare()
-    scale = init_from_sample(cfg, source, sae)
-    module = make_module(cfg, sae, penalties, resampler, scale, steps, batch_size)
+    _, sae, _, steps, module, dm = prepare(cfg)
     trainer = instantiate(cfg.trainer, max_steps=steps, logger=False, callbacks=[], enable_checkpointing=False,
                           enable_progress_bar=False, default_root_dir=str(tmp_path))
-    trainer.fit(module, datamodule=ActivationDataModule(source, batch_size, cfg.seed))
+    trainer.fit(module, datamodule=dm)
     assert trainer.global_step == STEPS
-    return fingerprint(sae), list(resampler.history)
+    return fingerprint(sae), list(module.resampler.history)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

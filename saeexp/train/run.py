@@ -82,6 +82,18 @@ def init_from_sample(cfg: DictConfig, source, sae) -> float:
     return scale
 
 
+def prepare(cfg: DictConfig):
+    """Seeded, from the config: (source, SAE initialised from a data sample, input scale, steps, SAEModule,
+    ActivationDataModule), ready for `Trainer.fit` (what `train` runs; tests/test_step_pin.py too)."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    torch.set_float32_matmul_precision(cfg.train.matmul_precision)
+    source, sae, penalties, resampler, batch_size, steps = build(cfg)
+    source.prepare()
+    scale = init_from_sample(cfg, source, sae)
+    module = make_module(cfg, sae, penalties, resampler, scale, steps, batch_size)
+    return source, sae, scale, steps, module, ActivationDataModule(source, batch_size, cfg.seed)
+
+
 def make_module(cfg: DictConfig, sae, penalties, resampler, scale: float, steps: int, batch_size: int) -> SAEModule:
     """The LightningModule of a run: the SAE, its loss terms and the schedules, in steps."""
     tok = lambda n: int(n) // batch_size  # noqa: E731 - token counts to steps
@@ -120,14 +132,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
         print(f"saeexp: run already finished in {run_dir} (overwrite=true to train again)\n  {summary(result)}")
         return result
 
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    torch.set_float32_matmul_precision(cfg.train.matmul_precision)
-    source, sae, penalties, resampler, batch_size, steps = build(cfg)
-    source.prepare()
-
-    scale = init_from_sample(cfg, source, sae)
-    module = make_module(cfg, sae, penalties, resampler, scale, steps, batch_size)
-    dm = ActivationDataModule(source, batch_size, cfg.seed)
+    source, sae, scale, steps, module, dm = prepare(cfg)
+    batch_size = dm.batch_size
 
     from saeexp.tracking import log_config, make_logger
 
@@ -158,7 +164,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
 
     scalars, arrays = score(sae, source, scale)
     scalars.update({"steps": steps, "tokens": steps * batch_size, "input_scale": scale})
-    coef = target_l0.settled_coef(cfg, penalties, module.target_l0)
+    coef = target_l0.settled_coef(cfg, list(module.terms), module.target_l0)
     if coef is not None:
         scalars["sparsity_coef"] = coef
     # the saved SAE takes raw activations: fold the scale into a copy of the weights
