@@ -130,7 +130,11 @@ def bench_memory() -> dict:
     test = ROOT / "tests" / "test_lm_memory.py"
     ns: dict = {}
     exec(compile(test.read_text(), str(test), "exec"), ns)
-    run = ns["RUN"].replace('"data.d_in=64"', '"data.d_in=576"').replace('"model.d_sae=256"', '"model.d_sae=1024"')
+    run = ns["RUN"]
+    for old, new in (('"data.d_in=64"', '"data.d_in=576"'), ('"model.d_sae=256"', '"model.d_sae=1024"')):
+        if old not in run:  # the test's script changed: say so rather than measure the test's sizes
+            raise RuntimeError(f"bench_memory: {old} not in tests/test_lm_memory.py's RUN; update this bench")
+        run = run.replace(old, new)
     res = {}
     with tempfile.TemporaryDirectory() as d:
         env = {**os.environ, "SAEEXP_RUNS": f"{d}/runs", "SAEEXP_CACHE": f"{d}/cache",

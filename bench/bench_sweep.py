@@ -27,7 +27,8 @@ def main() -> None:
     ap.add_argument("--d-sae", type=int, default=256)
     ap.add_argument("--port-base", type=int, default=7017)
     ap.add_argument("--mlflow-port", type=int, default=5997)
-    ap.add_argument("--out", default="bench/bench_sweep.json")
+    ap.add_argument("--out", default=str(Path(os.environ.get("SAEEXP_CACHE", "~/.cache/saeexp")).expanduser()
+                                         / "bench" / "bench_sweep.json"), help="the result's JSON (outside the repository)")
     a = ap.parse_args()
     coefs = ["1e-3", "2e-3", "4e-3", "8e-3"]
     common = [f"model.d_sae={a.d_sae}", f"train.tokens={a.tokens}", "train.batch_size=4096"]
@@ -56,6 +57,7 @@ def main() -> None:
     print(f"sweep machinery overhead: {100 * overhead:+.1f}% ({sweep:.0f} s vs {sum(direct):.0f} s for 4 direct jobs)")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2))
+    print(f"written: {a.out}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from torch import Tensor, nn
 
 from saeexp.errors import ConfigError
 from saeexp.losses.recon import MSE
-from saeexp.resample.anthropic import encoder_rows
 from saeexp.sae.base import SAEOutput
 from saeexp.train.step import Recipe, manual_step
 
@@ -62,7 +61,7 @@ class ScaledSAE(nn.Module):
         if train_bdec and not self.folded:
             raise ConfigError(f"method={method} trains the decoder bias, which {type(sae).__name__}'s encoder also "
                               "reads and cannot be folded out of; use scale, encoder or unrotated_encoder")
-        rows = encoder_rows(self.sae)
+        rows = self.sae.encoder_rows
         enc_w = {n for n, _ in rows if getattr(self.sae, n).ndim == 2}
         enc_b = {n for n, _ in rows if getattr(self.sae, n).ndim == 1}
         for name, p in self.sae.named_parameters():
@@ -74,7 +73,7 @@ class ScaledSAE(nn.Module):
     def _fold(self, probe_BD: Tensor) -> bool:
         """Move b_dec into the encoder bias (b_enc - b_dec @ W_enc) if activations stay the same; else keep it."""
         sae = self.sae
-        if not hasattr(sae, "b_enc") or not hasattr(sae, "W_enc"):
+        if not sae.has_encoder_bias:
             return False
         before = sae.encode(probe_BD)
         b_enc, b_dec = sae.b_enc.clone(), sae.b_dec.clone()

@@ -26,7 +26,7 @@ def score(sae, source, input_scale: float, batch_size: int = 4096, model_eval: b
     truth = source.truth()
     if truth is not None:
         scalars.update(M.ground_truth_recovery(truth, sae.W_dec.detach()))
-    if model_eval and hasattr(source, "model_eval"):
+    if model_eval and source.provides_model_eval:
         # sources backed by a model (data=lm) add metrics with the model in the loop (CE loss recovered)
         scalars.update(source.model_eval(sae, input_scale))
     sae.train(was_training)

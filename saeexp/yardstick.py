@@ -53,7 +53,7 @@ def yardstick(cfg: DictConfig) -> dict:
     print(f"saeexp-yardstick: fitting rank-{rank} PCA on {n_sample:,} training tokens", flush=True)
     pca = PCAReconstruction(source.sample(n_sample, seed=cfg.seed), rank)
     out = {"rank": rank, "fvu": M.evaluate(pca, source.heldout())["fvu"]}
-    if hasattr(source, "model_eval"):
+    if source.provides_model_eval:
         print("saeexp-yardstick: CE evaluation with the PCA reconstruction spliced in", flush=True)
         out.update(source.model_eval(pca, 1.0))
     line = f"rank-{rank} PCA yardstick: FVU {out['fvu']:.4g}"

@@ -66,6 +66,22 @@ def compose_cfg(overrides=(), config_name="config", run_dir=None):
     return cfg
 
 
+def expected_refusal(model: str, loss: str) -> bool:
+    """Whether `model=<model> loss=<loss>` must be refused, derived from the SAE's declared capabilities
+    (saeexp/sae/base.py) and the penalty the loss config instantiates: no hand-kept list of pairs."""
+    from hydra.utils import get_class
+
+    from saeexp.losses import L0
+
+    cfg = compose_cfg([f"model={model}", f"loss={loss}"])
+    sae_cls = get_class(cfg.model._target_)
+    if not cfg.loss.get("sparsity"):
+        return sae_cls.sparsity == "penalty"  # no penalty: only structural sparsity trains
+    if sae_cls.sparsity == "structure":
+        return True
+    return issubclass(get_class(cfg.loss.sparsity._target_), L0) and not sae_cls.provides_l0
+
+
 @pytest.fixture
 def compose_config():
     return compose_cfg

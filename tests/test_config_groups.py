@@ -1,9 +1,10 @@
 """Every option of every config group composes and instantiates (found by globbing conf/)."""
+from pathlib import Path
 
 import pytest
 from hydra.utils import instantiate
 
-from conftest import CONF, compose_cfg
+from conftest import CONF, compose_cfg, expected_refusal
 from saeexp.errors import ConfigError
 
 GROUPS = sorted(p.parent.relative_to(CONF).as_posix() for p in CONF.glob("**/*.yaml") if p.parent != CONF)
@@ -28,33 +29,42 @@ def _build(cfg):
     return build(cfg)
 
 
+def _launcher(option: str):
+    """The composed hydra.launcher node of `hydra/launcher=<option>` (Hydra instantiates it under -m)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", [f"hydra/launcher={option}"], return_hydra_config=True).hydra.launcher
+
+
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_and_instantiates(group, option, tmp_path):
-    if group.startswith("hydra/"):
-        # launcher options: compose through the multirun path (launchers are instantiated by Hydra itself)
-        cfg = compose_cfg([f"{group}={option}"], run_dir=tmp_path / "r")
-        assert cfg is not None
+    if group == "hydra/launcher":
+        from hydra.utils import get_class
+
+        launcher = _launcher(option)
+        assert get_class(launcher._target_).__name__ == "SlurmLauncher"  # the plugin is installed
+        # a checkpoint can be written between the USR2 and the time limit; a time-limited job is requeued
+        assert 0 < launcher.signal_delay_s < 60 * launcher.timeout_min and launcher.max_num_timeout > 0
+        assert Path(launcher.submitit_folder).name == "%j" and launcher.name.startswith("saeexp-")
         return
     extra = _extra(group, option, tmp_path)
-    refusals = []
-    # an option may only make sense with some models (e.g. loss=none with topk): one model must accept it
-    for model in ([None] + MODELS):
-        overrides = [f"{group}={option}", *extra, "model.d_sae=64"] + ([f"model={model}"] if model else [])
-        if group == "model":
-            overrides = [f"model={option}", *extra, "model.d_sae=64"]
-        cfg = compose_cfg(overrides, run_dir=tmp_path / "r")
-        try:
-            source, sae, penalties, resampler, *_ = _build(cfg)
-        except ConfigError as e:
-            refusals.append(str(e))
-            if group == "model":
-                break
+    # a model option trains with its own default penalty; a loss option with exactly the models whose declared
+    # capabilities allow it; every other option with the default model and with a structural one (topk)
+    models = {"model": [option], "loss": MODELS}.get(group, ["relu", "topk"])
+    for model in models:
+        cfg = compose_cfg([f"model={model}", *([] if group == "model" else [f"{group}={option}"]), *extra,
+                           "model.d_sae=64"], run_dir=tmp_path / "r")
+        if group == "loss" and expected_refusal(model, option):
+            with pytest.raises(ConfigError, match="loss="):
+                _build(cfg)
             continue
+        source, sae, penalties, resampler, *_ = _build(cfg)
         instantiate(cfg.optimizer)(params=sae.parameters())
         instantiate(cfg.trainer, logger=False) if group == "trainer" and option == "cpu" else None
         assert sae.d_sae == 64
-        return
-    pytest.fail(f"{group}={option} composes with no model: {refusals}")
 
 
 def test_groups_found():

@@ -72,5 +72,5 @@ def test_dashboard_runs_for_single_lm_runs_unless_turned_off(monkeypatch, enable
 
     monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: SimpleNamespace(mode=SimpleNamespace(name=mode))))
     cfg = OmegaConf.create({"features": {"enabled": enabled, "in_sweeps": in_sweeps}})
-    source = SimpleNamespace(windows=lambda split: None, model_eval_enabled=True) if lm else SimpleNamespace()
+    source = SimpleNamespace(provides_windows=lm, provides_model_eval=lm)
     assert wanted(cfg, source) is want

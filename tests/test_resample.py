@@ -5,11 +5,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from conftest import CONF, SimulatedCrash, compose_cfg
 from saeexp.data.synthetic import SyntheticSource
 from saeexp.losses import L1, MSE
-from saeexp.resample.anthropic import AnthropicResampler, encoder_rows
+from saeexp.resample.anthropic import AnthropicResampler
 from saeexp.sae.relu import ReLUSAE
 from saeexp.train.step import manual_step
 
@@ -136,7 +137,7 @@ def test_gated_encoder_rows_are_found_and_a_missing_one_is_refused():
     from saeexp.sae import GatedSAE
 
     sae = GatedSAE(8, 16)
-    for name, dim in encoder_rows(sae):
+    for name, dim in sae.encoder_rows:
         assert getattr(sae, name).shape[dim] == 16
     AnthropicResampler().validate(sae)
     relu = ReLUSAE(8, 16)
@@ -201,11 +202,22 @@ def test_each_combination_trains_or_is_refused(model, loss, resampler, ortho, tm
         assert module.terms[-1].name == "ortho" and module.terms[-1].neighbours_FM.shape[0] == 32
 
 
+class _KillFirstLatents(Callback):
+    """At train start the first 8 latents stop firing: their encoder bias (the first 1-D parameter the SAE
+    declares in `encoder_rows`) at -1e3."""
+
+    def on_train_start(self, trainer, module):
+        bias = next(n for n, _ in module.sae.encoder_rows if getattr(module.sae, n).ndim == 1)
+        with torch.no_grad():
+            getattr(module.sae, bias)[:8] = -1e3
+
+
 def test_every_model_accepts_the_resampler_with_its_default_penalty(tmp_path, one_thread):
     for model in MODELS:
         cfg = compose_cfg([f"model={model}", "resampler=anthropic", *SMALL], run_dir=tmp_path)
-        module = _fit(cfg)
+        module = _fit(cfg, [_KillFirstLatents()])
         assert module.resampler.done == [True], model
+        assert module.resampler.history and module.resampler.history[0][1] >= 8, (model, module.resampler.history)
 
 
 def test_refused_combinations_are_refused(tmp_path):

@@ -16,6 +16,9 @@ class ActivationSource:
     """
 
     d_in: int
+    # --- capabilities, declared (an LM-backed source sets them): read by the report, yardstick and dashboards
+    provides_model_eval: bool = False  # model_eval(sae, input_scale): metrics with the model in the loop
+    provides_windows: bool = False     # windows(split): the token windows behind the activations (dashboards)
 
     def prepare(self) -> None:
         """Build whatever must exist on disk (caches); safe to call from many processes at once."""

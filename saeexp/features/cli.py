@@ -12,9 +12,9 @@ from saeexp.errors import ConfigError
 def wanted(cfg, source) -> bool:
     """At the end of training: on for a single run on an LM source, off under -m unless features.in_sweeps."""
     feats = cfg.get("features") or {}
-    if not feats.get("enabled", False) or not hasattr(source, "windows"):
+    if not feats.get("enabled", False) or not source.provides_windows:
         return False
-    if not getattr(source, "model_eval_enabled", True):  # data.model_eval=false: this run never loads the model
+    if not source.provides_model_eval:  # data.model_eval=false: this run never loads the model
         print("saeexp: no feature dashboard (data.model_eval=false: no model for the unembedding); "
               "`saeexp-features RUN` builds it")
         return False

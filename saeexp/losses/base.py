@@ -22,7 +22,7 @@ class LossTerm(nn.Module):
 
     def validate(self, sae: SAE) -> None:
         """Raise ConfigError when this term makes no sense for this SAE (checked before training)."""
-        if self.is_sparsity and not getattr(sae, "accepts_penalty", True):
+        if self.is_sparsity and sae.sparsity == "structure":
             raise ConfigError(f"loss={self.name} on {type(sae).__name__}: this SAE sets its sparsity "
                               "structurally; use loss=none")
 

@@ -17,7 +17,7 @@ class L0(LossTerm):
 
     def validate(self, sae) -> None:
         super().validate(sae)
-        if not getattr(sae, "provides_l0", False):
+        if not sae.provides_l0:
             raise ConfigError(f"loss={self.name} on {type(sae).__name__}: an L0 penalty needs a learned "
                               "threshold with a straight-through count (model=jumprelu); use loss=l1 here")
 

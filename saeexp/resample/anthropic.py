@@ -22,22 +22,6 @@ from torch import Tensor, nn
 
 from saeexp.errors import ConfigError
 
-# encoder-side parameters and the dimension that indexes features; an SAE variant with other encoder
-# parameters lists its own as `encoder_rows` (2-D: set to the new direction; 1-D: set to 0)
-DEFAULT_ENCODER_ROWS = (("W_enc", 1), ("b_enc", 0))
-GATED_ENCODER_ROWS = (("W_gate", 1), ("b_gate", 0), ("r_mag", 0), ("b_mag", 0))  # r_mag = 0: W_mag = W_gate
-
-
-def encoder_rows(sae) -> tuple[tuple[str, int], ...]:
-    """The (parameter name, feature dimension) pairs a resample rewrites on the encoder side of `sae`."""
-    rows = getattr(sae, "encoder_rows", None)
-    if rows is not None:
-        return tuple(rows)
-    if hasattr(sae, "W_gate"):
-        return GATED_ENCODER_ROWS
-    return DEFAULT_ENCODER_ROWS
-
-
 @torch.no_grad()
 def reset_adam_rows(optimizer: torch.optim.Optimizer, param: Tensor, dim: int, idx: Tensor) -> None:
     """Zero Adam's moment estimates of `param` at indices `idx` along `dim`; the rest of its state is kept."""
@@ -71,7 +55,7 @@ def resample_features(sae, idx: Tensor, x_ND: Tensor, optimizer=None, enc_scale:
     live_F[idx] = False
     sae.W_dec[idx] = dirs_ND.to(sae.W_dec.dtype)
     touched = [(sae.W_dec, 0)]
-    for name, dim in encoder_rows(sae):
+    for name, dim in sae.encoder_rows:
         p = getattr(sae, name)
         if p.ndim == 2:
             # mean norm of the live features' encoder rows (W[:, i] for dim=1); 1.0 if none is live
@@ -134,10 +118,10 @@ class AnthropicResampler(nn.Module):
 
     def validate(self, sae) -> None:
         """Raise ConfigError when `sae` lacks the parameters a resample rewrites (checked before training)."""
-        if getattr(sae, "auxk", 0) > 0:  # allowed (an ablation), but it duplicates what AuxK does
-            print(f"saeexp: warning: resampler=anthropic on {type(sae).__name__}: AuxK (model.auxk={sae.auxk:g}) "
-                  "already revives dead latents; resampling as well, as asked", file=sys.stderr)
-        for name, dim in (("W_dec", 0), *encoder_rows(sae)):
+        if sae.revives_dead:  # allowed (an ablation), but it duplicates what the SAE does itself
+            print(f"saeexp: warning: resampler=anthropic on {type(sae).__name__}, which already revives its dead "
+                  "latents (AuxK: model.auxk); resampling as well, as asked", file=sys.stderr)
+        for name, dim in (("W_dec", 0), *sae.encoder_rows):
             p = getattr(sae, name, None)
             if not isinstance(p, Tensor) or p.ndim <= dim or p.shape[dim] != sae.d_sae:
                 raise ConfigError(f"resampler=anthropic on {type(sae).__name__}: no parameter {name!r} with "

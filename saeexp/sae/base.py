@@ -32,13 +32,27 @@ class SAEOutput:
 class SAE(nn.Module):
     """Standard (ReLU) sparse autoencoder; variants subclass it and replace `activation`."""
 
+    # --- capabilities, declared: the trainer, loss terms, resampler and fine-tuning read these, never probe -----
     # encoder weights: multiplied by the input scale when it is folded into saved weights
     encoder_weights: tuple[str, ...] = ("W_enc",)
-    # default penalty this architecture is meant for (used only in error messages)
-    needs_sparsity_penalty: bool = True
+    # the per-feature encoder parameters and the dimension that indexes features: a resample rewrites them
+    # (2-D: set to the new direction; 1-D: set to 0), fine-tuning's encoder methods train them
+    encoder_rows: tuple[tuple[str, int], ...] = (("W_enc", 1), ("b_enc", 0))
+    # the encoder is (x - b_dec) W_enc + b_enc, so b_dec can be folded into b_enc (fine-tuning)
+    has_encoder_bias: bool = True
+    # how sparsity comes: "penalty" (training needs a sparsity term with a coefficient > 0) or "structure"
+    # (the architecture selects; a sparsity penalty is refused)
+    sparsity: str = "penalty"
     # the knob that sets this SAE's sparsity: "coefficient" (the penalty's lambda, `loss.sparsity.coef`) or "k"
     # (`model.k`); runs are tagged with it and `train.target_l0` acts through it (saeexp.train.target_l0)
     sparsity_control: str = "coefficient"
+    # out.extras["l0"] is a differentiable L0 estimate (what `loss=l0` penalises)
+    provides_l0: bool = False
+
+    @property
+    def revives_dead(self) -> bool:
+        """Whether the SAE revives its own dead latents (TopK's AuxK), so resampling would duplicate it."""
+        return False
 
     def __init__(self, d_in: int, d_sae: int, decoder_norm: str = "unit", init_dec_norm: float = 1.0,
                  enc_from_dec: bool = True, seed: int = 0):

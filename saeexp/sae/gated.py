@@ -86,6 +86,8 @@ class GatedSAE(SAE):
     """
 
     encoder_weights = ("W_gate",)
+    encoder_rows = (("W_gate", 1), ("b_gate", 0), ("r_mag", 0), ("b_mag", 0))  # r_mag = 0: W_mag = W_gate
+    has_encoder_bias = False  # two encoder biases (b_gate, b_mag): no single b_enc to fold b_dec into
 
     def __init__(self, d_in: int, d_sae: int, decoder_norm: str = "unit", init_dec_norm: float = 1.0,
                  enc_from_dec: bool = True, seed: int = 0, aux_recon: float = 1.0,

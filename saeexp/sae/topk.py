@@ -127,8 +127,7 @@ class TopKSAE(SAE):
     holds the kept entries. `out.aux_losses["auxk"]` is AuxK (training mode only).
     """
 
-    accepts_penalty = False  # sparsity is structural: L1/L0 are refused
-    needs_sparsity_penalty = False
+    sparsity = "structure"   # the k largest: L1/L0 are refused
     sparsity_control = "k"   # model.k (BatchTopK: k per token on average)
 
     def __init__(self, d_in: int, d_sae: int, k: int = 32, decoder_norm: str = "unit", init_dec_norm: float = 1.0,
@@ -175,6 +174,10 @@ class TopKSAE(SAE):
         if self.training and self.auxk > 0:
             out.aux_losses["auxk"] = self.auxk * self.auxk_loss(x_BD, x_hat_BD)
         return out
+
+    @property
+    def revives_dead(self) -> bool:
+        return self.auxk > 0
 
     def auxk_loss(self, x_BD: Tensor, x_hat_BD: Tensor) -> Tensor:
         """Normalised error of reconstructing the residual from the k_aux largest dead pre-activations."""

@@ -57,12 +57,12 @@ def build(cfg: DictConfig, source=None):
     penalties += [make(v) for v in (cfg.get("extra_losses") or {}).values() if v is not None]
     for term in penalties:
         term.validate(sae)
-    if getattr(sae, "needs_sparsity_penalty", False) and not any(p.is_sparsity and p.coef > 0 for p in penalties):
+    if sae.sparsity == "penalty" and not any(p.is_sparsity and p.coef > 0 for p in penalties):
         zero = [f"loss.{k}=0" for k in ("l1", "l0") if OmegaConf.select(cfg, f"loss.{k}") == 0]
         raise ConfigError(f"model={type(sae).__name__} with {zero[0] if zero else 'no sparsity penalty'}: it would "
                           "learn no sparsity; expected a coefficient > 0 (loss=l1, loss.l1=2e-3)")
     resampler = make(cfg.resampler) if cfg.get("resampler") and cfg.resampler.get("_target_") else None
-    if resampler is not None and hasattr(resampler, "validate"):
+    if resampler is not None:
         resampler.validate(sae)
     return source, sae, penalties, resampler, batch_size, steps
 

@@ -49,7 +49,7 @@ def control_of(cfg: DictConfig) -> str:
     """The model class's declared sparsity control (`SAE.sparsity_control`: 'coefficient' or 'k')."""
     from hydra.utils import get_class
 
-    return getattr(get_class(cfg.model._target_), "sparsity_control", "coefficient")
+    return get_class(cfg.model._target_).sparsity_control
 
 
 def model_overrides(cfg: DictConfig) -> dict:

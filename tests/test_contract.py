@@ -1,0 +1,54 @@
+"""Every model config's SAE declares its capabilities on the contract, and what it declares is true.
+
+The trainer, loss terms, resampler and fine-tuning read these class attributes instead of probing for
+parameters (saeexp/sae/base.py); a new variant is checked here by being a YAML in conf/model/.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from conftest import CONF, compose_cfg
+from saeexp.errors import ConfigError
+from saeexp.losses import L0, L1
+from saeexp.sae.base import SAE
+
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+
+
+@pytest.fixture(params=MODELS)
+def sae(request):
+    cfg = compose_cfg([f"model={request.param}", "data.d_in=8", "model.d_sae=32"])
+    return instantiate(cfg.model)
+
+
+def test_capabilities_are_declared_and_true(sae, one_thread):
+    assert isinstance(sae, SAE)
+    assert sae.sparsity in ("penalty", "structure") and sae.sparsity_control in ("coefficient", "k")
+    assert isinstance(sae.provides_l0, bool) and isinstance(sae.has_encoder_bias, bool)
+    for name, dim in (*sae.encoder_rows, ("W_dec", 0)):  # what a resample rewrites exists, features along dim
+        assert getattr(sae, name).shape[dim] == sae.d_sae, name
+    for name in sae.encoder_weights:
+        assert getattr(sae, name).ndim == 2
+    if sae.has_encoder_bias:  # the fold fine-tuning relies on: (x - b_dec) W_enc + b_enc
+        x = torch.randn(16, sae.d_in)
+        torch.testing.assert_close(sae.encode_pre(x), (x - sae.b_dec) @ sae.W_enc + sae.b_enc)
+    sae.train()
+    out = sae(torch.randn(64, sae.d_in))
+    assert ("l0" in out.extras) == sae.provides_l0
+    if sae.sparsity_control == "k":
+        assert isinstance(sae.k, int)
+
+
+def test_the_declared_sparsity_decides_which_penalties_are_accepted(sae):
+    if sae.sparsity == "structure":
+        with pytest.raises(ConfigError, match=type(sae).__name__):
+            L1(1e-3).validate(sae)
+    else:
+        L1(1e-3).validate(sae)
+    if sae.provides_l0:
+        L0(1e-3).validate(sae)
+    else:
+        with pytest.raises(ConfigError):
+            L0(1e-3).validate(sae)
