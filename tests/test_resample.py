@@ -11,6 +11,7 @@ from conftest import CONF, SimulatedCrash, compose_cfg
 from saeexp.data.synthetic import SyntheticSource
 from saeexp.losses import L1, MSE
 from saeexp.resample.anthropic import AnthropicResampler
+from saeexp.resample.callback import Resampling
 from saeexp.sae.relu import ReLUSAE
 from saeexp.train.step import manual_step
 
@@ -157,10 +158,12 @@ def _fit(cfg, steps_cb=None):
 
     source, sae, penalties, resampler, batch_size, steps = build(cfg)
     module = SAEModule(sae, penalties, instantiate(cfg.optimizer), total_steps=steps, log_every=2,
-                       dead_window_tokens=cfg.train.dead_window_tokens, resampler=resampler)
+                       dead_window_tokens=cfg.train.dead_window_tokens)
+    step_cb = [Resampling(resampler)] if resampler is not None else []
     trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=steps_cb or [])
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[*step_cb, *(steps_cb or [])])
     trainer.fit(module, datamodule=ActivationDataModule(source, batch_size, cfg.seed))
+    module.resampler = resampler  # what the tests read back
     return module
 
 
@@ -202,20 +205,10 @@ def test_each_combination_trains_or_is_refused(model, loss, resampler, ortho, tm
         assert module.terms[-1].name == "ortho" and module.terms[-1].neighbours_FM.shape[0] == 32
 
 
-class _KillFirstLatents(Callback):
-    """At train start the first 8 latents stop firing: their encoder bias (the first 1-D parameter the SAE
-    declares in `encoder_rows`) at -1e3."""
-
-    def on_train_start(self, trainer, module):
-        bias = next(n for n, _ in module.sae.encoder_rows if getattr(module.sae, n).ndim == 1)
-        with torch.no_grad():
-            getattr(module.sae, bias)[:8] = -1e3
-
-
 def test_every_model_accepts_the_resampler_with_its_default_penalty(tmp_path, one_thread):
     for model in MODELS:
         cfg = compose_cfg([f"model={model}", "resampler=anthropic", *SMALL], run_dir=tmp_path)
-        module = _fit(cfg, [_KillFirstLatents()])
+        module = _fit(cfg, [DeadAtStart(8)])
         assert module.resampler.done == [True], model
         assert module.resampler.history and module.resampler.history[0][1] >= 8, (model, module.resampler.history)
 
@@ -252,19 +245,18 @@ def test_lr_is_rewarmed_in_training_after_the_resample(tmp_path, one_thread):
     assert lrs[4:8] == pytest.approx([base / 3, 2 * base / 3, base, base])
 
 
-class DeadAtStart:
-    """A Lightning callback making features [0, n) unable to fire from step 0 (so resampling has work)."""
+class DeadAtStart(Callback):
+    """Features [0, n) stop firing from step 0, so resampling has work: their encoder bias (the first 1-D
+    parameter the SAE declares in `encoder_rows`) at -1e3."""
 
-    def __new__(cls, n: int):
-        from lightning.pytorch.callbacks import Callback
+    def __init__(self, n: int):
+        self.n = n
 
-        class _Dead(Callback):
-            def on_train_start(self, trainer, module):
-                if trainer.global_step == 0:
-                    with torch.no_grad():
-                        module.sae.b_enc[:n] = -1e3
-
-        return _Dead()
+    def on_train_start(self, trainer, module):
+        if trainer.global_step == 0:
+            bias = next(n for n, _ in module.sae.encoder_rows if getattr(module.sae, n).ndim == 1)
+            with torch.no_grad():
+                getattr(module.sae, bias)[:self.n] = -1e3
 
 
 @pytest.mark.slow  # three end-to-end runs (MLflow included)
@@ -290,8 +282,8 @@ def test_resumed_run_resamples_like_an_uninterrupted_one(tmp_path):
     b = load_file(str(tmp_path / "cut/sae/sae.safetensors"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
-    state = torch.load(tmp_path / "cut/checkpoints/last.ckpt", weights_only=False)["state_dict"]
-    assert state["resampler._extra_state"]["done"] == [True, True]
-    assert state["resampler._extra_state"]["last_step"] >= 29  # a resample happened after the resume point
+    state = torch.load(tmp_path / "cut/checkpoints/last.ckpt", weights_only=False)["callbacks"]["Resampling"]
+    assert state["_extra_state"]["done"] == [True, True]
+    assert state["_extra_state"]["last_step"] >= 29  # a resample happened after the resume point
     assert (a["b_enc"][:16] > -1e3).all()  # the dead features were resampled (b_enc reset, then trained)
     assert json.loads((tmp_path / "full/metrics.json").read_text())["l0"] > 0

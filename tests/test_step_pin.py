@@ -54,12 +54,12 @@ def train_pinned(case: str, tmp_path) -> tuple[dict, list]:
 
     extra = SPARSE.get(case, ["loss.l1=1"])
     cfg = compose_cfg([*CASES[case], *COMMON, *extra], run_dir=tmp_path / "run")
-    _, sae, _, steps, module, dm = prepare(cfg)
-    trainer = instantiate(cfg.trainer, max_steps=steps, logger=False, callbacks=[], enable_checkpointing=False,
-                          enable_progress_bar=False, default_root_dir=str(tmp_path))
+    _, sae, _, steps, module, dm, step_callbacks = prepare(cfg)
+    trainer = instantiate(cfg.trainer, max_steps=steps, logger=False, callbacks=step_callbacks,
+                          enable_checkpointing=False, enable_progress_bar=False, default_root_dir=str(tmp_path))
     trainer.fit(module, datamodule=dm)
     assert trainer.global_step == STEPS
-    return fingerprint(sae), list(module.resampler.history)
+    return fingerprint(sae), list(step_callbacks[0].resampler.history)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

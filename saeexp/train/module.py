@@ -22,7 +22,7 @@ class SAEModule(L.LightningModule):
     def __init__(self, sae: SAE, penalties: list[LossTerm], optimizer_factory, total_steps: int,
                  input_scale: float = 1.0, lr_warmup_steps: int = 0, lr_decay_steps: int = 0,
                  sparsity_warmup_steps: int = 0, log_every: int = 50, dead_window_tokens: int = 1_000_000,
-                 resampler=None, reuse_memory: bool = True, target_l0=None, grad_clip: float | None = None):
+                 reuse_memory: bool = True, target_l0=None, grad_clip: float | None = None):
         super().__init__()
         self.sae = sae
         self.terms = nn.ModuleList([MSE(1.0), *penalties])
@@ -33,7 +33,6 @@ class SAEModule(L.LightningModule):
         self.lr_warmup_steps, self.lr_decay_steps = lr_warmup_steps, lr_decay_steps
         self.log_every = log_every
         self.dead_window_tokens = dead_window_tokens
-        self.resampler = resampler
         self.reuse_memory = reuse_memory
         check_grad_clip(grad_clip)
         # the step's own settings (saeexp.train.step); target_l0: a TargetL0, or None for a fixed coefficient
@@ -46,8 +45,6 @@ class SAEModule(L.LightningModule):
         f = linear_ramp(step, self.lr_warmup_steps)
         if self.lr_decay_steps > 0:
             f = min(f, max(0.0, (self.total_steps - step) / self.lr_decay_steps))
-        if self.resampler is not None:
-            f *= self.resampler.lr_factor(step)
         return f
 
     @property
@@ -55,17 +52,15 @@ class SAEModule(L.LightningModule):
         return self.recipe.target_l0
 
     # --- the step (saeexp.train.step; Lightning runs backward and the optimiser between the hooks) ---------
-    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Tensor, batch_idx: int) -> dict:
         step = self.global_step
         x_BD, out, terms = step_losses(self.sae, self.terms, batch, step, self.recipe)
         loss = sum(terms.values())
         bad = ~torch.isfinite(loss.detach())
         self.first_bad_step.copy_(torch.where(bad & (self.first_bad_step < 0), step, self.first_bad_step))
-        if self.resampler is not None:
-            self.resampler.observe(self, x_BD, out, step)
         if step % self.log_every == 0 or step == self.total_steps - 1:
             self._log_step(x_BD, out, terms, loss)
-        return loss
+        return {"loss": loss, "x_BD": x_BD}  # callbacks (resampling) see the step's scaled inputs
 
     def _log_step(self, x_BD, out, terms, loss) -> None:
         logs = {f"loss/{k}": v.detach() for k, v in terms.items()}
@@ -103,8 +98,6 @@ class SAEModule(L.LightningModule):
         # right after the step, before any callback (a checkpoint must see renormalised rows)
         super().optimizer_step(*args, **kwargs)
         after_optimizer_step(self.sae)
-        if self.resampler is not None:
-            self.resampler.maybe_resample(self, self.global_step)
 
     def configure_optimizers(self):
         opt = make_optimizer(self.optimizer_factory, self.sae)

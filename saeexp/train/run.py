@@ -16,6 +16,7 @@ from saeexp.errors import ConfigError, TrainingDiverged
 from saeexp.io import save_sae
 from saeexp.redact import redact_text
 from saeexp.report import score, summary, write_report
+from saeexp.resample.callback import Resampling
 from saeexp.train import init, target_l0
 from saeexp.train.callbacks import RunCheckpoint, TokensProgressBar, verify_checkpoint
 from saeexp.train.datamodule import ActivationDataModule
@@ -84,24 +85,26 @@ def init_from_sample(cfg: DictConfig, source, sae) -> float:
 
 def prepare(cfg: DictConfig):
     """Seeded, from the config: (source, SAE initialised from a data sample, input scale, steps, SAEModule,
-    ActivationDataModule), ready for `Trainer.fit` (what `train` runs; tests/test_step_pin.py too)."""
+    ActivationDataModule, the callbacks the step needs: resampling), ready for `Trainer.fit` (what `train`
+    runs; tests/test_step_pin.py too)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision(cfg.train.matmul_precision)
     source, sae, penalties, resampler, batch_size, steps = build(cfg)
     source.prepare()
     scale = init_from_sample(cfg, source, sae)
-    module = make_module(cfg, sae, penalties, resampler, scale, steps, batch_size)
-    return source, sae, scale, steps, module, ActivationDataModule(source, batch_size, cfg.seed)
+    module = make_module(cfg, sae, penalties, scale, steps, batch_size)
+    step_callbacks = [Resampling(resampler)] if resampler is not None else []
+    return source, sae, scale, steps, module, ActivationDataModule(source, batch_size, cfg.seed), step_callbacks
 
 
-def make_module(cfg: DictConfig, sae, penalties, resampler, scale: float, steps: int, batch_size: int) -> SAEModule:
+def make_module(cfg: DictConfig, sae, penalties, scale: float, steps: int, batch_size: int) -> SAEModule:
     """The LightningModule of a run: the SAE, its loss terms and the schedules, in steps."""
     tok = lambda n: int(n) // batch_size  # noqa: E731 - token counts to steps
     return SAEModule(
         sae, penalties, instantiate(cfg.optimizer), total_steps=steps, input_scale=scale,
         lr_warmup_steps=tok(cfg.train.lr_warmup_tokens), lr_decay_steps=tok(cfg.train.lr_decay_tokens),
         sparsity_warmup_steps=tok(cfg.train.sparsity_warmup_tokens), log_every=cfg.train.log_every,
-        dead_window_tokens=cfg.train.dead_window_tokens, resampler=resampler,
+        dead_window_tokens=cfg.train.dead_window_tokens,
         reuse_memory=cfg.train.get("reuse_memory", True), grad_clip=cfg.train.get("grad_clip"),
         target_l0=target_l0.controller(cfg, penalties, steps, tok(cfg.train.sparsity_warmup_tokens),
                                        tok(cfg.train.lr_decay_tokens)))
@@ -132,7 +135,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
         print(f"saeexp: run already finished in {run_dir} (overwrite=true to train again)\n  {summary(result)}")
         return result
 
-    source, sae, scale, steps, module, dm = prepare(cfg)
+    source, sae, scale, steps, module, dm, step_callbacks = prepare(cfg)
     batch_size = dm.batch_size
 
     from saeexp.tracking import log_config, make_logger
@@ -146,7 +149,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
 
         mark_orphaned(logger.experiment, old_run_id, f"overwritten by run {logger.run_id}")
     saver = RunCheckpoint(ckpt, cfg.train.checkpoint_every, cfg.train.log_every)
-    callbacks = [saver, TokensProgressBar(batch_size)] + [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    # the step's own callbacks first: a resample happens before any checkpoint sees the weights
+    callbacks = [*step_callbacks, saver, TokensProgressBar(batch_size)] + [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     trainer: L.Trainer = instantiate(cfg.trainer, max_steps=steps, logger=logger, callbacks=callbacks,
                                      default_root_dir=str(run_dir), enable_checkpointing=False)
     try:
