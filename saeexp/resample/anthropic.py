@@ -127,7 +127,7 @@ class AnthropicResampler(nn.Module):
                 raise ConfigError(f"resampler=anthropic on {type(sae).__name__}: no parameter {name!r} with "
                                   f"features along dim {dim}; list the encoder's as `encoder_rows` on the class")
 
-    # --- the three calls the training module makes ----------------------------------------------------
+    # --- the calls its Lightning callback makes (saeexp.resample.callback.Resampling) ---------------
     def points(self, total_steps: int) -> list[int]:
         """Steps (counted as optimiser steps done) at which to resample."""
         return [max(1, round(a * total_steps)) for a in self.at]
