@@ -25,40 +25,50 @@ from pathlib import Path
 
 import torch
 
-from saeexp.losses import L0, L1, MSE
+from saeexp.losses import MSE
 from saeexp.train.step import make_optimizer, manual_step
-from saeexp.sae import SCSAE, BatchTopKSAE, GatedSAE, JumpReLUSAE, ReLUSAE, TopKSAE
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 TARGETS = {"relu": None, "jumprelu": 0.8, "scsae": 0.8, "topk": 0.8, "batchtopk": 0.7, "gated": 0.6}
 
 
-def make(name: str, d_in: int, width: int, k: int, dead_frac: float):
-    """(sae, penalties) with each model's default penalty, as `saeexp model=<name>` builds them."""
-    if name == "relu":
-        return ReLUSAE(d_in, width), [L1(5e-3)]
-    if name == "scsae":
-        return SCSAE(d_in, width), [L1(5e-3)]
-    if name == "gated":
-        return GatedSAE(d_in, width), [L1(5e-3)]
-    if name == "jumprelu":  # dead latents too, so the pre-activation loss has work
-        sae = JumpReLUSAE(d_in, width, dead_window_tokens=1)
-        sae.dead_F = torch.rand(width, generator=torch.Generator().manual_seed(1)) < dead_frac
-        return sae, [L0(5e-3)]
-    cls = TopKSAE if name == "topk" else BatchTopKSAE
-    sae = cls(d_in, width, k=k, dead_window_tokens=1)
+def model_configs(config_dir: str | None = None) -> list[str]:
+    """Every model config: the package's conf/model/ and, with --config-dir, the user's (new variants)."""
+    dirs = [CONF] + ([Path(config_dir)] if config_dir else [])
+    return sorted({p.stem for d in dirs for p in (d / "model").glob("*.yaml")})
+
+
+def make(name: str, d_in: int, width: int, k: int, dead_frac: float, config_dir: str | None = None):
+    """(sae, penalties) as `saeexp model=<name>` builds them (its default penalty), from the model config alone;
+    `dead_F` marks the latents kept dead, so whatever a variant does with dead latents (AuxK) has work."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import get_class
+
+    from saeexp.train.run import build
+
+    overrides = [f"model={name}", f"data.d_in={d_in}", f"model.d_sae={width}"]
+    if config_dir:
+        overrides.append(f"hydra.searchpath=[file://{Path(config_dir).resolve()}]")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides)
+        if get_class(cfg.model._target_).sparsity_control == "k":
+            cfg = compose("config", overrides + [f"model.k={k}"])
+    _, sae, penalties, *_ = build(cfg)
     sae.dead_F = torch.rand(width, generator=torch.Generator().manual_seed(1)) < dead_frac
-    return sae, []
+    return sae, penalties
 
 
 def make_step(sae, penalties):
     """One training step closure: saeexp.train.step.manual_step, what SAEModule runs per batch minus logging."""
     terms = [MSE(1.0), *penalties]
     opt = make_optimizer(functools.partial(torch.optim.Adam, lr=4e-5, fused=True), sae)  # as SAEModule
-    dead_F = getattr(sae, "dead_F", None)
+    dead_T = sae.dead_F.long() * 2**62  # "not fired for ever" on the dead latents, 0 elsewhere
 
     def step(x_BD):
-        if dead_F is not None:  # a fixed set of dead latents, so AuxK always has work
-            sae.tokens_since_fired.copy_(dead_F.long())
+        sae.tokens_since_fired.copy_(dead_T)  # the same dead latents every step, so AuxK always has work
         manual_step(sae, terms, opt, x_BD)  # the trainer's step, firing bookkeeping included
 
     return step
@@ -83,11 +93,11 @@ def make_limit(B: int, d_in: int, width: int):
     return limit
 
 
-def bench_width(names, B, d_in, width, k, repeats, warmup, dead_frac):
+def bench_width(names, B, d_in, width, k, repeats, warmup, dead_frac, config_dir=None):
     x_BD = torch.randn(B, d_in, generator=torch.Generator().manual_seed(2))  # E||x|| ~ sqrt(d_in), as trained
     fns = {"limit": make_limit(B, d_in, width)}
     for n in names:
-        fns[n] = make_step(*make(n, d_in, width, k, dead_frac))
+        fns[n] = make_step(*make(n, d_in, width, k, dead_frac, config_dir))
     times = {n: [] for n in fns}
     for r in range(warmup + repeats):
         for n, fn in fns.items():
@@ -126,7 +136,8 @@ def saelens_ratios(a, width: int, reps: int, res: dict) -> dict:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--widths", type=int, nargs="+", default=[4096, 16384])
-    p.add_argument("--variants", nargs="+", default=list(TARGETS))
+    p.add_argument("--variants", nargs="+", default=None, help="default: every model config found")
+    p.add_argument("--config-dir", default=None, help="a config dir with more model configs (as saeexp's)")
     p.add_argument("--d-in", type=int, default=512)
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--k", type=int, default=64)
@@ -137,6 +148,11 @@ def main(argv=None):
     p.add_argument("--saelens", action="store_true", help="also SAELens' relu/jumprelu/topk step; ratio of tokens/s")
     p.add_argument("--rounds", type=int, default=2, help="with --saelens: saeexp and SAELens alternate this often")
     a = p.parse_args(argv)
+    found = model_configs(a.config_dir)
+    a.variants = a.variants or found
+    unknown = [v for v in a.variants if v not in found]
+    if unknown:
+        p.error(f"--variants: no model config {unknown}; expected some of {found}")
     if not a.no_reuse_memory:  # as saeexp's trainer does at fit start (train.reuse_memory)
         from saeexp.train.memory import reuse_freed_memory
 
@@ -147,7 +163,7 @@ def main(argv=None):
     print(f"{'variant':<10} {'width':>6} {'ms/step':>9} {'tokens/s':>9} {'frac':>6} {'target':>7}")
     for w in widths:
         reps = a.repeats or (3 if a.quick or w > 4096 else 7)
-        res = bench_width(a.variants, a.batch, a.d_in, w, a.k, reps, 1, a.dead_frac)
+        res = bench_width(a.variants, a.batch, a.d_in, w, a.k, reps, 1, a.dead_frac, a.config_dir)
         if a.saelens:
             res = saelens_ratios(a, w, reps, res)
         for n, t in res.items():

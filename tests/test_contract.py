@@ -24,6 +24,11 @@ def sae(request):
 
 
 def test_capabilities_are_declared_and_true(sae, one_thread):
+    check_contract(sae)
+
+
+def check_contract(sae) -> None:
+    """What every SAE declares holds for this one (tests/test_new_variant.py runs it on a user's variant)."""
     assert isinstance(sae, SAE)
     assert sae.sparsity in ("penalty", "structure") and sae.sparsity_control in ("coefficient", "k")
     assert isinstance(sae.provides_l0, bool) and isinstance(sae.has_encoder_bias, bool)
