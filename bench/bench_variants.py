@@ -74,8 +74,9 @@ def make_step(sae, penalties):
     return step
 
 
-def make_limit(B: int, d_in: int, width: int):
-    """The six products of a standard step, bare `torch.mm` into preallocated buffers."""
+def make_limit(B: int, d_in: int, width: int, products: int = 6):
+    """The six products of a standard step (five: without the input's gradient, which training never needs),
+    bare `torch.mm` into preallocated buffers."""
     g = torch.Generator().manual_seed(0)
     x, W_enc, W_dec = torch.randn(B, d_in, generator=g), torch.randn(d_in, width, generator=g), \
         torch.randn(width, d_in, generator=g)
@@ -88,7 +89,8 @@ def make_limit(B: int, d_in: int, width: int):
         torch.mm(xh, W_dec.t(), out=gz)     # grad of activations
         torch.mm(z.t(), xh, out=gWd)        # grad of W_dec
         torch.mm(x.t(), gz, out=gWe)        # grad of W_enc
-        torch.mm(gz, W_enc.t(), out=gx)     # grad of the input
+        if products == 6:
+            torch.mm(gz, W_enc.t(), out=gx)  # grad of the input
 
     return limit
 
