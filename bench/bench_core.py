@@ -194,8 +194,8 @@ def main():
     for width in widths:
         repeats = args.repeats or (3 if (args.quick or width > 8192) else 5)
         steps = 3 if width > 8192 else 6
-        fns = {"limit6": make_limit(args.batch, args.d_in, width), "limit5": make_limit(args.batch, args.d_in, width, 5),
-               "bare": bare_loop(x, width)}
+        fns = {"limit6": make_limit(args.batch, args.d_in, width),
+               "limit5": make_limit(args.batch, args.d_in, width, 5), "bare": bare_loop(x, width)}
         t = {k: [] for k in (*fns, "step", "+clip")}
         for _ in range(repeats):  # interleaved
             for k, fn in fns.items():

@@ -20,11 +20,13 @@ from conftest import CONF, compose_cfg
 
 PIN = Path(__file__).parent / "data" / "step_pin.json"
 BATCH, STEPS = 128, 50
-COMMON = ["data.d_in=16", "data.n_features=48", "data.groups=8", "data.heldout_tokens=256", "model.d_sae=256", "data.max_p=0.05",
-          f"train.batch_size={BATCH}", f"train.tokens={BATCH * STEPS}", f"train.sparsity_warmup_tokens={BATCH * 10}",
+COMMON = ["data.d_in=16", "data.n_features=48", "data.groups=8", "data.heldout_tokens=256", "data.max_p=0.05",
+          "model.d_sae=256", f"train.batch_size={BATCH}", f"train.tokens={BATCH * STEPS}",
+          f"train.sparsity_warmup_tokens={BATCH * 10}",
           "train.init_sample_tokens=1024", f"train.dead_window_tokens={BATCH * 2}", "train.log_every=10",
           "resampler=anthropic", "resampler.at=[0.5]", f"resampler.window_tokens={BATCH * 2}",
-          "resampler.rewarm_steps=10", "optimizer.lr=2e-2", "resampler.reservoir_tokens=1024", "resampler.reservoir_steps=8"]
+          "resampler.rewarm_steps=10", "resampler.reservoir_tokens=1024", "resampler.reservoir_steps=8",
+          "optimizer.lr=2e-2"]
 # every model config with its default penalty, and the penalties and extra terms that change the step
 CASES = {m.stem: [f"model={m.stem}"] for m in sorted((CONF / "model").glob("*.yaml"))}
 CASES.update({"relu+l1_decoder_norm": ["model=relu", "loss=l1_decoder_norm"],

@@ -22,7 +22,7 @@ from saeexp.data.base import ActivationSource, ChunkedReader
 from saeexp.errors import ConfigError
 from saeexp.lm import model as lm_model
 
-# the Debian documentation packages installed by scripts/setup-lm.sh (about 10.7M SmolLM2 tokens)
+# the Debian documentation packages installed by scripts/setup-lm.sh
 DEBIAN_DOCS = (
     "/usr/share/doc/linux-doc-6.1/Documentation/**/*.rst.gz",
     "/usr/share/doc/python3.11/html/_sources/**/*.rst.txt",

@@ -67,8 +67,8 @@ class _PairDot(torch.autograd.Function):
         grad = W_J * g_F[:, None]  # d/dW[f] of W[f] . W[j[f]]
         if W_FD.device.type == "cuda":
             return grad.index_add_(0, j_F, W_FD * g_F[:, None]), None  # d/dW[j[f]]
-        # on a CPU, index_add_ (a scatter) is slow, ~0.2 s at any width; a sparse [F, F] product with F
-        # entries (S[j[f], f] = g[f]) adds the same rows ~30x faster at small widths
+        # on a CPU, index_add_ (a scatter) is slow at any width; a sparse [F, F] product with F entries
+        # (S[j[f], f] = g[f]) adds the same rows faster (`python bench/bench_ortho.py` times the term)
         F = W_FD.shape[0]
         S = torch.sparse_coo_tensor(torch.stack([j_F, torch.arange(F, device=j_F.device)]), g_F, (F, F),
                                     check_invariants=False)

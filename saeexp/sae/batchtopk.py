@@ -4,7 +4,7 @@
 The threshold theta is a running estimate of the smallest kept activation (exponential moving average over
 training batches); it is a buffer, saved with the SAE, and used in eval mode.
 
-Finding the (k * B)-th largest of B * F values exactly with a full top-k over the batch costs more than half a
+Finding the (k * B)-th largest of B * F values exactly with a full top-k over the batch costs a large share of a
 step on a CPU. Instead: a strided subsample gives a value surely below it, the few entries above that value
 are selected, and the exact order statistic is taken among them (a full selection only if the guess failed).
 """

@@ -19,7 +19,7 @@ class _InhibitOnly(torch.autograd.Function):
     def forward(ctx, z_BF: Tensor, b_F: Tensor):
         ctx.save_for_backward(z_BF)
         f_BF = torch.sub(z_BF, b_F)
-        # keep z - b where z > 0, in place: one same-dtype pass (a bool-mask select is twice as slow on a CPU)
+        # keep z - b where z > 0, in place: one same-dtype pass (a bool-mask select is slower on a CPU)
         return torch.ops.aten.threshold_backward.grad_input(f_BF, z_BF, 0.0, grad_input=f_BF)
 
     @staticmethod

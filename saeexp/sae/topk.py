@@ -21,8 +21,8 @@ from saeexp.sae.base import SAE, SAEOutput
 def _scatter_rows(f_N: Tensor, b_N: Tensor, w_N: Tensor, rows_BD: Tensor, n_rows: int) -> Tensor:
     """G [n_rows, D] with G[f_n] += w_n * rows[b_n]: a sparse [n_rows, B] matrix times rows.
 
-    (The weight gradient of the sparse decode or encode; as an unsorted COO product it is about twice as fast
-    on a CPU as embedding_bag's own backward, which sorts the indices first.)
+    (The weight gradient of the sparse decode or encode; as an unsorted COO product it is faster on a CPU
+    than embedding_bag's own backward, which sorts the indices first.)
     """
     A = torch.sparse_coo_tensor(torch.stack([f_N, b_N]), w_N, (n_rows, rows_BD.shape[0]), check_invariants=False)
     return torch.sparse.mm(A, rows_BD)
