@@ -16,7 +16,8 @@ class Resampling(Callback):
     def __init__(self, resampler):
         self.resampler = resampler
 
-    def on_fit_start(self, trainer, module) -> None:
+    def on_train_start(self, trainer, module) -> None:
+        # after any checkpoint restore (some strategies restore after on_fit_start): the reservoir to the device
         self.resampler.to(module.device)
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
