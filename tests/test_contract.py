@@ -42,6 +42,7 @@ def check_contract(sae) -> None:
     sae.train()
     out = sae(torch.randn(64, sae.d_in))
     assert ("l0" in out.extras) == sae.provides_l0
+    assert set(out.aux_losses) == {t for t in sae.aux_terms if getattr(sae, t) > 0}  # its own terms, declared
     if sae.sparsity_control == "k":
         assert isinstance(sae.k, int)
 

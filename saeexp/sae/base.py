@@ -48,6 +48,9 @@ class SAE(nn.Module):
     sparsity_control: str = "coefficient"
     # out.extras["l0"] is a differentiable L0 estimate (what `loss=l0` penalises)
     provides_l0: bool = False
+    # the names of the SAE's own loss terms in out.aux_losses: each one's coefficient is the attribute of the same
+    # name, and the term is there in training mode when that coefficient is > 0
+    aux_terms: tuple[str, ...] = ()
 
     @property
     def revives_dead(self) -> bool:

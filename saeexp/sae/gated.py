@@ -86,6 +86,7 @@ class GatedSAE(SAE):
     """
 
     encoder_weights = ("W_gate",)
+    aux_terms = ("aux_recon",)
     encoder_rows = (("W_gate", 1), ("b_gate", 0), ("r_mag", 0), ("b_mag", 0))  # r_mag = 0: W_mag = W_gate
     has_encoder_bias = False  # two encoder biases (b_gate, b_mag): no single b_enc to fold b_dec into
 

@@ -128,6 +128,7 @@ class TopKSAE(SAE):
     """
 
     sparsity = "structure"   # the k largest: L1/L0 are refused
+    aux_terms = ("auxk",)
     sparsity_control = "k"   # model.k (BatchTopK: k per token on average)
 
     def __init__(self, d_in: int, d_sae: int, k: int = 32, decoder_norm: str = "unit", init_dec_norm: float = 1.0,
