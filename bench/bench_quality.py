@@ -82,7 +82,7 @@ def saeexp_run(spec, a, variant, setting, seed, folder: Path) -> float:
            f"train.lr_decay_tokens={int(t * quality_sets.RECIPE['decay_frac'])}",
            f"train.sparsity_warmup_tokens={int(t * quality_sets.RECIPE['sparsity_warmup_frac'])}",
            f"seed={seed}", f"experiment=bench_quality_set{spec['set']}", f"hydra.run.dir={folder}",
-           f"paths.runs_root={folder.parents[2]}"]
+           f"paths.runs_root={folder.parents[2]}", *a.override]
     if a.device == "cuda":
         cmd += ["trainer=gpu", "trainer.precision=32-true"]
     if a.redo:
@@ -153,6 +153,8 @@ def main(argv=None) -> None:
     ap.add_argument("--redo", action="store_true",
                     help="retrain the saeexp runs asked for even if finished (after a fix); SAELens' runs are kept")
     ap.add_argument("--report-only", action="store_true", help="train nothing: tables and plots of what is there")
+    ap.add_argument("--override", nargs="*", default=[],
+                    help="more saeexp overrides for every saeexp run (e.g. train.b_dec_init=zeros); use a fresh --out")
     ap.add_argument("--no-crosscheck", action="store_true", help="skip SAELens' own evaluation (set 1)")
     a = ap.parse_args(argv)
     a.variants = [v.strip() for v in a.variants.split(",") if v.strip()]

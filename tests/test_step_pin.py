@@ -26,7 +26,7 @@ COMMON = ["data.d_in=16", "data.n_features=48", "data.groups=8", "data.heldout_t
           "train.init_sample_tokens=1024", f"train.dead_window_tokens={BATCH * 2}", "train.log_every=10",
           "resampler=anthropic", "resampler.at=[0.5]", f"resampler.window_tokens={BATCH * 2}",
           "resampler.rewarm_steps=10", "resampler.reservoir_tokens=1024", "resampler.reservoir_steps=8",
-          "optimizer.lr=2e-2"]
+          "optimizer.lr=2e-2", "train.b_dec_init=zeros"]  # the default when the pin was written
 # every model config with its default penalty, and the penalties and extra terms that change the step
 CASES = {m.stem: [f"model={m.stem}"] for m in sorted((CONF / "model").glob("*.yaml"))}
 CASES.update({"relu+l1_decoder_norm": ["model=relu", "loss=l1_decoder_norm"],
