@@ -52,7 +52,7 @@ def test_resampling_revives_dead_features_and_resets_only_their_adam_rows():
     module = _Module(sae=sae, total_steps=10, opt=opt)
     for step in range(3):
         x = next(batches)
-        rs.observe(module, x, sae(x), step)
+        rs.observe(module, x, step)
     before = {name: {k: v.clone() for k, v in opt.state[p].items()} for name, p in sae.named_parameters()}
     params_before = {n: p.detach().clone() for n, p in sae.named_parameters()}
     live_enc_norm = sae.W_enc.detach()[:, 5:].norm(dim=0).mean()
@@ -124,7 +124,7 @@ def test_state_round_trips_through_the_state_dict():
     module = _Module(sae=sae, total_steps=8, opt=opt)
     for step in range(3):
         x = next(batches)
-        rs.observe(module, x, sae(x), step)
+        rs.observe(module, x, step)
     rs.maybe_resample(module, 2)
     fresh = AnthropicResampler(at=[0.25, 0.5], window_tokens=256, reservoir_tokens=512)
     fresh.load_state_dict(rs.state_dict())

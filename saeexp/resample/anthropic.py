@@ -133,7 +133,7 @@ class AnthropicResampler(nn.Module):
         return [max(1, round(a * total_steps)) for a in self.at]
 
     @torch.no_grad()
-    def observe(self, module, x_BD: Tensor, out, step: int) -> None:
+    def observe(self, module, x_BD: Tensor, step: int) -> None:
         """Keep a bounded ring of recent inputs (the candidates for new directions)."""
         if not self._warned:
             self._warned = True

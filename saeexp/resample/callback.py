@@ -29,7 +29,7 @@ class Resampling(Callback):
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step - 1  # the optimiser step just taken (0-based)
-        self.resampler.observe(module, outputs["x_BD"], None, step)
+        self.resampler.observe(module, outputs["x_BD"], step)
         self.resampler.maybe_resample(module, step)
 
     def state_dict(self) -> dict:
