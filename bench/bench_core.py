@@ -146,7 +146,7 @@ def cli_step(x, width, n_steps, log_every=5, cli_log_every=50):
                "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
         cmd = ["saeexp", "data=file", f"data.path={d}/acts.npy", f"data.d_in={d_in}", f"model.d_sae={width}",
                f"train.batch_size={batch}", f"train.tokens={batch * n_steps}", f"train.log_every={log_every}",
-               "train.init_sample_tokens=4096", "data.heldout_tokens=16384", "experiment=bench_core",
+               "train.init_sample_tokens=4096", "data.heldout_tokens=16384", "name=bench_core",
                "+callbacks.clock._target_=bench_core.CLIClock", f"+callbacks.clock.path={d}/clock.json"]
         done = subprocess.run(cmd, cwd=d, env=env, capture_output=True, text=True)
         if done.returncode:

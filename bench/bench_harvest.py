@@ -113,7 +113,7 @@ def bench_read_vs_step(tokens: int = 262_144, d_in: int = 576, d_sae: int = 4608
         read_rate = n * batch / (time.perf_counter() - t)
     sae = ReLUSAE(d_in, d_sae)
     opt = torch.optim.Adam(sae.parameters(), lr=4e-4, fused=True)
-    terms = [MSE(), L1(coef=5e-3)]
+    terms = [MSE(), L1(5e-3)]
     x = torch.randn(batch, d_in)
     steps = 10
     for i in range(steps + 2):

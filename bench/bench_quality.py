@@ -81,7 +81,7 @@ def saeexp_run(spec, a, variant, setting, seed, folder: Path) -> float:
            f"train.batch_size={quality_sets.RECIPE['batch']}", f"optimizer.lr={quality_sets.RECIPE['lr']}",
            f"train.lr_decay_tokens={int(t * quality_sets.RECIPE['decay_frac'])}",
            f"train.sparsity_warmup_tokens={int(t * quality_sets.RECIPE['sparsity_warmup_frac'])}",
-           f"seed={seed}", f"experiment=bench_quality_set{spec['set']}", f"hydra.run.dir={folder}",
+           f"seed={seed}", f"name=bench_quality_set{spec['set']}", f"hydra.run.dir={folder}",
            f"paths.runs_root={folder.parents[2]}", *a.override]
     if a.device == "cuda":
         cmd += ["trainer=gpu", "trainer.precision=32-true"]

@@ -40,13 +40,13 @@ def main() -> None:
             direct = []
             for c in coefs:
                 t0 = time.perf_counter()
-                subprocess.run(["saeexp", "experiment=bench_direct", f"loss.l1={c}", *common], cwd=tmp, check=True,
+                subprocess.run(["saeexp", "name=bench_direct", f"loss.l1={c}", *common], cwd=tmp, check=True,
                                env={**env, "SAEEXP_RUNS": str(tmp / "direct")}, capture_output=True, timeout=3600)
                 direct.append(time.perf_counter() - t0)
                 print(f"direct job loss.l1={c}: {direct[-1]:.1f} s", flush=True)
             t0 = time.perf_counter()
             subprocess.run(["saeexp", "-m", "hydra/launcher=slurm_local", "hydra.launcher.array_parallelism=1",
-                            "hydra.launcher.cpus_per_task=1", "experiment=bench_sweep", f"loss.l1={','.join(coefs)}",
+                            "hydra.launcher.cpus_per_task=1", "name=bench_sweep", f"loss.l1={','.join(coefs)}",
                             *common], cwd=tmp, check=True, env={**env, "SAEEXP_RUNS": str(tmp / "sweep")},
                            capture_output=True, timeout=4 * 3600)
             sweep = time.perf_counter() - t0

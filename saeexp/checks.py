@@ -9,7 +9,7 @@ from saeexp.errors import ConfigError
 from saeexp.safepath import path_part
 
 # groups whose numbers must be finite (paths, logger and hydra hold no coefficients; their strings may be URIs)
-_NUMERIC_GROUPS = ("model", "loss", "extra_losses", "data", "resampler", "optimizer", "train")
+_NUMERIC_GROUPS = ("model", "loss", "data", "resampler", "optimizer", "train")
 
 
 def _value(cfg: DictConfig, key: str):
@@ -48,8 +48,8 @@ def check_grad_clip(clip) -> None:
 
 def check_config(cfg: DictConfig) -> None:
     """Raise a ConfigError naming the key for a value no run could use: checked before anything is written."""
-    if "experiment" in cfg:
-        path_part("experiment", _value(cfg, "experiment"))
+    if "name" in cfg:
+        path_part("name", _value(cfg, "name"))
     if "seed" in cfg:
         check_seed(_value(cfg, "seed"))
     for group in _NUMERIC_GROUPS:

@@ -78,7 +78,20 @@ def _eval_main(cfg: DictConfig):
         _fail(e)
 
 
+def check_renamed(argv: list[str]) -> None:
+    """A key or preset that moved fails with one line naming the new one (saeexp.renamed), before Hydra."""
+    from saeexp.renamed import check_argv
+
+    try:
+        check_argv(argv)
+    except ConfigError as e:
+        from saeexp.guard import fail
+
+        fail(e)
+
+
 def main() -> None:
+    check_renamed(sys.argv[1:])
     _train_main()
 
 

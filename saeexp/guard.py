@@ -164,11 +164,11 @@ class RunGuard(Callback):
         _created.clear()
         try:
             check_config(config)  # the base config; each job checks its own values again in train()
-            # a swept experiment name becomes a sweep directory before any job runs: check every value
+            # a swept name becomes a sweep directory before any job runs: check every value
             for o in OverridesParser.create().parse_overrides(list(config.hydra.overrides.task)):
-                if o.key_or_group == "experiment":
+                if o.key_or_group == "name":
                     for v in (o.sweep_string_iterator() if o.is_sweep_override() else [o.value()]):
-                        path_part("experiment", v)
+                        path_part("name", v)
             check_writable(Path(str(OmegaConf.select(config, "hydra.sweep.dir"))), "runs directory")
             check_tracking(str(OmegaConf.select(config, "logger.tracking_uri", default="") or ""))
         except ConfigError as e:

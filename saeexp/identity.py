@@ -18,7 +18,7 @@ HASH_CHARS = 12   # 48 bits: a collision within one experiment's runs is out of 
 # keys that do not change what a run computes: where it writes and logs, how often it logs or checkpoints,
 # how it is launched. A key ends an exclusion at a dot boundary (`paths` drops `paths.runs_root`, ...).
 RESULT_NEUTRAL = (
-    "hydra", "paths", "logger", "experiment", "overwrite", "callbacks.preemption",
+    "hydra", "paths", "logger", "name", "overwrite", "callbacks.preemption",
     "train.log_every", "train.checkpoint_every", "train.reuse_memory",
     "trainer.log_every_n_steps", "trainer.enable_model_summary", "trainer.enable_progress_bar",
     "trainer.plugins", "data.cache_dir", "features",

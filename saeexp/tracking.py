@@ -29,14 +29,12 @@ def artifact_location(tracking_uri: str) -> str | None:
 
 def make_logger(cfg: DictConfig, run_dir: Path):
     """An MLFlowLogger bound to this run directory's MLflow run (created once, reused on resume)."""
-    from saeexp.train.mlflow_logger import BufferedMLFlowLogger as MLFlowLogger
+    from hydra.utils import instantiate
 
     id_file = run_dir / "mlflow_run_id"
     run_id = id_file.read_text().strip() if id_file.exists() else None
-    logger = MLFlowLogger(experiment_name=str(cfg.logger.experiment), tracking_uri=cfg.logger.tracking_uri,
-                          run_name=cfg.logger.run_name, run_id=run_id,
-                          artifact_location=artifact_location(cfg.logger.tracking_uri),
-                          tags={**run_tags(cfg), **dict(cfg.logger.tags or {})})
+    logger = instantiate(cfg.logger, run_id=run_id, artifact_location=artifact_location(cfg.logger.tracking_uri),
+                         tags={**run_tags(cfg), **dict(cfg.logger.tags or {})})
     if run_id is not None:  # resumed (e.g. a requeued SLURM job): the same run, running again
         logger.experiment.update_run(run_id, status="RUNNING")
         if os.environ.get("SLURM_JOB_ID"):
@@ -82,8 +80,11 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
     except ValueError:  # no Hydra (train called directly): the model class
         variant = None
     variant = variant or str(cfg.model.get("_target_", "?")).rsplit(".", 1)[-1]
-    coef = OmegaConf.select(cfg, "loss.sparsity.coef", default=None)
-    tags = {"sweep": str(cfg.experiment), "variant": str(variant), "width": str(cfg.model.get("d_sae")),
+    from saeexp.sweep.series import coefficient_keys
+
+    keys = coefficient_keys(cfg)
+    coef = OmegaConf.select(cfg, keys[0]) if keys else None
+    tags = {"sweep": str(cfg.name), "variant": str(variant), "width": str(cfg.model.get("d_sae")),
             "coefficient": str(coef), "seed": str(cfg.seed), "git_commit": git_commit()}
     tags.update(series_tags(cfg))
     if OmegaConf.select(cfg, "paths.run_dir", default=None):

@@ -2,7 +2,7 @@
 
 An SAE spliced into a model should at least recover the next-token loss that the top-r principal components
 of the activations recover (r = 64 for the main job). `saeexp-yardstick` composes the same config as `saeexp`
-(`--config-name demo`, any overrides), fits PCA on training activations and scores the reconstruction
+(`experiment=demo`, any overrides), fits PCA on training activations and scores the reconstruction
 mean + (x - mean) U U^T with the SAE's own code: FVU on the held-out set and, for data=lm, CE loss recovered
 on the same held-out windows, positions and BOS handling.
 """
@@ -76,5 +76,8 @@ def main() -> None:
     # no run directory, no outputs: the yardstick only reads the data config
     import sys
 
+    from saeexp.cli import check_renamed
+
+    check_renamed(sys.argv[1:])
     sys.argv += ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=none", "hydra/hydra_logging=none"]
     _main()

@@ -75,11 +75,11 @@ def expected_refusal(model: str, loss: str) -> bool:
 
     cfg = compose_cfg([f"model={model}", f"loss={loss}"])
     sae_cls = get_class(cfg.model._target_)
-    if not cfg.loss.get("sparsity"):
+    if not cfg.loss.get("_target_"):
         return sae_cls.sparsity == "penalty"  # no penalty: only structural sparsity trains
     if sae_cls.sparsity == "structure":
         return True
-    return issubclass(get_class(cfg.loss.sparsity._target_), L0) and not sae_cls.provides_l0
+    return issubclass(get_class(cfg.loss._target_), L0) and not sae_cls.provides_l0
 
 
 @pytest.fixture

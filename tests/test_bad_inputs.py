@@ -154,9 +154,9 @@ ROWS = [
     ("safetensors_corrupted", lambda t, r: _file(_safetensors(t, "bad.safetensors", "garbage")),
      ["bad.safetensors", "not a readable .safetensors"]),
     ("read_only_runs", lambda t, r: _read_only_runs(t, r) and [], ["ro_runs", "not writable"]),
-    ("experiment_dotdot", lambda t, r: ["experiment=../../escape"], ["experiment='../../escape'", "plain name"]),
-    ("experiment_absolute", lambda t, r: ["experiment=/abs_escape"], ["experiment='/abs_escape'", "plain name"]),
-    ("experiment_separator", lambda t, r: ["experiment=a/b"], ["experiment='a/b'", "plain name"]),
+    ("experiment_dotdot", lambda t, r: ["name=../../escape"], ["name='../../escape'", "plain name"]),
+    ("experiment_absolute", lambda t, r: ["name=/abs_escape"], ["name='/abs_escape'", "plain name"]),
+    ("experiment_separator", lambda t, r: ["name=a/b"], ["name='a/b'", "plain name"]),
 ]
 
 
@@ -248,7 +248,7 @@ def test_disk_full_during_training_is_one_line_keeps_checkpoint_and_fails_the_ru
             path.with_name(path.name + ".tmp.full") if path.with_name(path.name + ".tmp.full").is_symlink()
             else unique(path, kind)))
     os.environ["SAEEXP_RUNS"] = str(runs)
-    code, err = run_cli(["saeexp", *SMALL, "experiment=full", "train.checkpoint_every=10",
+    code, err = run_cli(["saeexp", *SMALL, "name=full", "train.checkpoint_every=10",
                          "+callbacks.fill._target_=test_bad_inputs.FillDiskAt", "+callbacks.fill.step=25",
                          f"+callbacks.fill.mode={mode}"], capsys)
     line = one_error_line(code, err, "No space left on device", "kept the last good checkpoint", "step 30")
@@ -268,7 +268,7 @@ def test_console_script_exits_2_and_writes_nothing(tmp_path):
     work = tmp_path / "a" / "b"
     work.mkdir(parents=True)
     env = {**os.environ, "SAEEXP_RUNS": str(work / "runs")}
-    p = subprocess.run(["saeexp", "experiment=../../escape"], cwd=work, env=env, capture_output=True, text=True,
+    p = subprocess.run(["saeexp", "name=../../escape"], cwd=work, env=env, capture_output=True, text=True,
                        timeout=300)
-    one_error_line(p.returncode, p.stderr, "experiment='../../escape'")
+    one_error_line(p.returncode, p.stderr, "name='../../escape'")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b"]

@@ -21,7 +21,7 @@ def run(args, tmp_path, check=True, extra_env=None):
 
 @pytest.mark.slow
 def test_train_logs_mlflow_run_and_eval_rescores(tmp_path):
-    p = run(["saeexp", *SMALL, "experiment=cli_test"], tmp_path)
+    p = run(["saeexp", *SMALL, "name=cli_test"], tmp_path)
     # the run directory is named by the overrides (log_every excluded: it does not change the result) and a
     # hash of the resolved config
     (run_dir,) = (Path(os.environ["SAEEXP_RUNS"]) / "cli_test").glob(
@@ -51,7 +51,7 @@ def test_train_logs_mlflow_run_and_eval_rescores(tmp_path):
     assert r.info.artifact_uri.startswith(str(Path(os.environ["MLFLOW_TRACKING_URI"][len("sqlite:///"):]).parent))
 
     # the same command again finds the finished run instead of training again
-    again = run(["saeexp", *SMALL, "experiment=cli_test"], tmp_path)
+    again = run(["saeexp", *SMALL, "name=cli_test"], tmp_path)
     assert "already finished" in again.stdout
 
     e = run(["saeexp-eval", str(run_dir)], tmp_path)

@@ -8,8 +8,9 @@ from conftest import CONF, compose_cfg, expected_refusal
 from saeexp.errors import ConfigError
 
 GROUPS = sorted(p.parent.relative_to(CONF).as_posix() for p in CONF.glob("**/*.yaml") if p.parent != CONF)
+# experiments (global diffs of the whole config) compose in tests/test_sweep_presets.py
 OPTIONS = sorted({(p.parent.relative_to(CONF).as_posix(), p.stem) for p in CONF.glob("**/*.yaml")
-                  if p.parent != CONF})
+                  if p.parent not in (CONF, CONF / "experiment")})
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 
 
@@ -68,5 +69,5 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
 
 
 def test_groups_found():
-    for g in ("model", "data", "loss", "resampler", "optimizer", "trainer", "logger", "paths"):
+    for g in ("model", "data", "loss", "ortho", "resampler", "optimizer", "trainer", "logger", "paths", "experiment"):
         assert g in GROUPS

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from conftest import CONF, compose_cfg
 from saeexp.errors import ConfigError
-from saeexp.losses import L0, L1
+from saeexp.losses import L0, L1, L1DecoderNorm
 from saeexp.sae.base import SAE
+from saeexp.train.run import build
 
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 
@@ -20,7 +20,7 @@ MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 @pytest.fixture(params=MODELS)
 def sae(request):
     cfg = compose_cfg([f"model={request.param}", "data.d_in=8", "model.d_sae=32"])
-    return instantiate(cfg.model)
+    return build(cfg)[1]
 
 
 def test_capabilities_are_declared_and_true(sae, one_thread):
@@ -48,13 +48,43 @@ def check_contract(sae) -> None:
 
 
 def test_the_declared_sparsity_decides_which_penalties_are_accepted(sae):
+    l1 = (L1 if sae.decoder_norm == "unit" else L1DecoderNorm)(1e-3)  # the L1 that fits its decoder
     if sae.sparsity == "structure":
         with pytest.raises(ConfigError, match=type(sae).__name__):
-            L1(1e-3).validate(sae)
+            l1.validate(sae)
     else:
-        L1(1e-3).validate(sae)
+        l1.validate(sae)
     if sae.provides_l0:
         L0(1e-3).validate(sae)
     else:
         with pytest.raises(ConfigError):
             L0(1e-3).validate(sae)
+
+
+@pytest.mark.parametrize("penalty", [L1, L1DecoderNorm, L0])
+def test_a_penalty_refuses_the_decoder_handling_it_does_not_declare(penalty):
+    from saeexp.sae import JumpReLUSAE
+
+    for norm in ("unit", "free"):
+        sae = JumpReLUSAE(8, 32, decoder_norm=norm)  # provides an L0 estimate: every penalty's sparsity fits
+        if norm in penalty.decoder_norms:
+            penalty(1e-3).validate(sae)
+        else:
+            with pytest.raises(ConfigError, match=rf"^loss={penalty.name} with model.decoder_norm={norm}: expected"):
+                penalty(1e-3).validate(sae)
+
+
+@pytest.mark.parametrize("overrides,norm,row_norm", [
+    (["model=relu"], "unit", 1.0), (["model=relu", "loss=l1_decoder_norm"], "free", 0.1),
+    (["model=jumprelu"], "free", 0.1), (["model=jumprelu", "loss=l1"], "unit", 1.0), (["model=topk"], "unit", 1.0),
+    (["model=relu", "loss=l1_decoder_norm", "model.init_dec_norm=0.5"], "free", 0.5)])
+def test_auto_decoder_handling_is_the_penalty_s(overrides, norm, row_norm):
+    """`model.decoder_norm=auto` (every model's default) becomes the chosen penalty's first declared handling."""
+    sae = build(compose_cfg([*overrides, "data.d_in=8", "model.d_sae=32"]))[1]
+    assert sae.decoder_norm == norm
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.full((32,), row_norm))
+
+
+def test_an_explicit_decoder_handling_the_penalty_does_not_take_is_refused():
+    with pytest.raises(ConfigError, match="^loss=l1 with model.decoder_norm=free: expected model.decoder_norm=unit"):
+        build(compose_cfg(["model=relu", "loss=l1", "model.decoder_norm=free", "data.d_in=8", "model.d_sae=32"]))

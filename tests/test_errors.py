@@ -26,7 +26,7 @@ def test_unknown_group_option(tmp_path):
 
 
 def test_nan_stops_names_step_and_keeps_last_good_checkpoint(tmp_path):
-    p = run(["saeexp", *SMALL, "experiment=diverge", "train.log_every=5", "train.checkpoint_every=10",
+    p = run(["saeexp", *SMALL, "name=diverge", "train.log_every=5", "train.checkpoint_every=10",
              "+callbacks.p._target_=conftest.PoisonAt", "+callbacks.p.step=23"], tmp_path, check=False)
     _one_line_error(p, "not finite at step 23")
     ckpts = list((tmp_path / "runs").glob("**/last.ckpt")) or list(

@@ -37,8 +37,8 @@ defaults:
 _target_: throwaway_sae.ShiftedReLUSAE
 d_in: ${data.d_in}
 d_sae: ${times:${data.d_in},16}
-decoder_norm: ${loss.decoder_norm}
-init_dec_norm: ${loss.init_dec_norm}
+decoder_norm: auto
+init_dec_norm: null
 enc_from_dec: true
 shift: 0.05
 seed: ${seed}
@@ -63,11 +63,11 @@ def test_a_new_variant_is_one_py_and_one_yaml(user_dir, tmp_path, one_thread):
 
     conf = user_dir / "conf"
     cfg = compose_cfg(["model=shifted", f"hydra.searchpath=[file://{conf}]", *TINY])
-    from hydra.utils import instantiate
+    from saeexp.train.run import build
 
-    check_contract(instantiate(cfg.model))
+    check_contract(build(cfg)[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(user_dir), os.environ.get("PYTHONPATH", "")])}
-    run = subprocess.run(["saeexp", "--config-dir", str(conf), "model=shifted", "experiment=newvar", *TINY],
+    run = subprocess.run(["saeexp", "--config-dir", str(conf), "model=shifted", "name=newvar", *TINY],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     (sae_dir,) = (tmp_path / "runs" / "newvar").glob("*/sae")

@@ -148,7 +148,7 @@ def test_training_with_ortho_lowers_dec_mmcs(pairs, features, margin, coef, one_
 def test_one_override_adds_the_term_alongside_the_penalty(option, tmp_path):
     from saeexp.train.run import build
 
-    cfg = compose_cfg([f"ortho={option}", "ortho.coef=0.25", "model.d_sae=64"], run_dir=tmp_path)
+    cfg = compose_cfg([f"ortho={option}", "loss.extra.ortho.coef=0.25", "model.d_sae=64"], run_dir=tmp_path)
     _, sae, penalties, *_ = build(cfg)
     names = [p.name for p in penalties]
     assert names[0] == "l1" and "ortho" in names

@@ -219,7 +219,7 @@ def test_refused_combinations_are_refused(tmp_path):
 
     for overrides in (["model=relu", "loss=none"], ["model=topk", "loss=l1"], ["model=relu", "loss=l0"],
                       ["model=relu", "loss=l1_decoder_norm", "model.decoder_norm=unit"],
-                      ["resampler=anthropic", "resampler.at=[1.5]"], ["ortho=nearest", "ortho.pairs=some"]):
+                      ["resampler=anthropic", "resampler.at=[1.5]"], ["ortho=nearest", "loss.extra.ortho.pairs=some"]):
         with pytest.raises(ConfigError):
             build(compose_cfg(overrides + ["model.d_sae=32"], run_dir=tmp_path))
 
@@ -270,7 +270,7 @@ def test_resumed_run_resamples_like_an_uninterrupted_one(tmp_path):
     common = ["model.d_sae=128", "train.tokens=30720", "train.batch_size=512", "train.checkpoint_every=20",
               "train.log_every=10", "resampler=anthropic", "resampler.at=[0.5,0.75]",
               "resampler.window_tokens=2048", "resampler.reservoir_tokens=2048", "resampler.rewarm_steps=10",
-              "loss.l1=0.1", "ortho=active", "ortho.refresh_every=7", "ortho.coef=0.1",
+              "loss.l1=0.1", "ortho=active", "loss.extra.ortho.refresh_every=7", "loss.extra.ortho.coef=0.1",
               "+callbacks.dead._target_=test_resample.DeadAtStart", "+callbacks.dead.n=16"]
     train(compose_cfg(common, run_dir=tmp_path / "full"))
     cut = compose_cfg(common + ["+callbacks.cut._target_=conftest.InterruptAt", "+callbacks.cut.step=27"],

@@ -67,7 +67,7 @@ def _env():
 def test_two_identical_commands_at_once_give_one_run_and_one_refusal(tmp_path):
     gate = tmp_path / "gate"
     cmd = ["saeexp", "model.d_sae=32", "train.tokens=8192", "train.batch_size=1024", "train.log_every=4",
-           "train.init_sample_tokens=2048", "data.heldout_tokens=2048", "experiment=locks",
+           "train.init_sample_tokens=2048", "data.heldout_tokens=2048", "name=locks",
            "+callbacks.gate._target_=conftest.WaitForFile", f"+callbacks.gate.path={gate}"]
     # both at once: whichever takes the run directory first waits at its gate, so the other must meet the lock
     procs = [subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

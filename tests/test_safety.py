@@ -112,7 +112,7 @@ def test_a_pickled_checkpoint_is_refused_before_it_is_loaded(tmp_path, capsys):
     (run_dir / "checkpoints").mkdir(parents=True)
     marker = tmp_path / "pwned"
     torch.save({"state_dict": {}, "x": Payload(_marker_code(marker))}, run_dir / "checkpoints" / "last.ckpt")
-    code, err = run_cli(["saeexp", *SMALL, "experiment=planted", f"hydra.run.dir={run_dir}"], capsys)
+    code, err = run_cli(["saeexp", *SMALL, "name=planted", f"hydra.run.dir={run_dir}"], capsys)
     print(one_error_line(code, err, "last.ckpt", "refused to resume"), file=sys.__stdout__)
     assert not marker.exists()
     assert not (run_dir / "mlflow_run_id").exists()  # refused before an MLflow run was opened
@@ -130,8 +130,8 @@ def test_path_parts_refuse_escapes(value):
 
 
 def test_a_swept_experiment_name_is_checked_before_the_sweep_writes(tmp_path, capsys):
-    code, err = run_cli(["saeexp", "-m", *SMALL, "experiment=fine,../../escape"], capsys)
-    print(one_error_line(code, err, "experiment='../../escape'"), file=sys.__stdout__)
+    code, err = run_cli(["saeexp", "-m", *SMALL, "name=fine,../../escape"], capsys)
+    print(one_error_line(code, err, "name='../../escape'"), file=sys.__stdout__)
     nothing_left(tmp_path)
 
 

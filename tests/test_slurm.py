@@ -59,7 +59,7 @@ def sacct(env, *job_ids):
 
 
 def test_2x2_sweep_is_one_array_job_and_every_run_is_in_mlflow(env, tmp_path):
-    out = sweep(env, tmp_path, "experiment=grid", *TINY, "model.d_sae=64,128", "loss.l1=1e-3,3e-3",
+    out = sweep(env, tmp_path, "name=grid", *TINY, "model.d_sae=64,128", "loss.l1=1e-3,3e-3",
                 "train.tokens=8192")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     client, runs = runs_of(env, "grid")
@@ -95,10 +95,10 @@ def test_usr2_preemption_requeues_and_resumes_in_the_same_run(env, tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    args = ["experiment=preempt", *TINY, "train.tokens=307200", "train.checkpoint_every=20", "train.log_every=10"]
+    args = ["name=preempt", *TINY, "train.tokens=307200", "train.checkpoint_every=20", "train.log_every=10"]
     proc = sweep(env, tmp_path, *args, wait=False)
     # meanwhile, an uninterrupted run of the same config and seed on this host, for the final weights
-    ref = subprocess.Popen(["saeexp", *args, "experiment=preempt_ref"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+    ref = subprocess.Popen(["saeexp", *args, "name=preempt_ref"], cwd=tmp_path, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, text=True, env={**env, "SAEEXP_RUNS": str(tmp_path / "ref")})
     try:
         run_dirs = lambda: run_dirs_in(tmp_path / "runs" / "preempt")  # noqa: E731
@@ -134,7 +134,7 @@ def test_usr2_preemption_requeues_and_resumes_in_the_same_run(env, tmp_path):
 def test_a_failing_job_does_not_stop_the_others_and_a_killed_one_is_reconciled(env, tmp_path):
     from saeexp.sweep.pareto import report
 
-    out = sweep(env, tmp_path, "experiment=faults", *TINY, "train.tokens=8192",
+    out = sweep(env, tmp_path, "name=faults", *TINY, "train.tokens=8192",
                 "+callbacks.fault._target_=saeexp.sweep.faults.FaultAt", "+callbacks.fault.kind=none,raise,kill")
     assert out.returncode != 0  # the sweep reports its failures
     client, runs = runs_of(env, "faults")
@@ -184,7 +184,7 @@ def test_sweep_on_cached_activations_harvests_once_before_the_array(env, tmp_pat
     env = {**env, "SAEEXP_CACHE": str(tmp_path / "cache")}
     data = ["data=lm", "data.harvest_tokens=16384", "data.heldout_tokens=2048", "data.ce_tokens=512",
             "data.model_eval=false", "data.kl=false", "data.corpus=[/usr/share/doc/jargon-text/jargon.txt.gz]"]
-    out = sweep(env, tmp_path, "experiment=lmgrid", *data, "model.d_sae=64,128", "train.tokens=8192",
+    out = sweep(env, tmp_path, "name=lmgrid", *data, "model.d_sae=64,128", "train.tokens=8192",
                 "train.batch_size=1024", "train.init_sample_tokens=2048", "hydra.callbacks.sweep.harvest=slurm",
                 timeout=480)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

@@ -30,7 +30,8 @@ COMMON = ["data.d_in=16", "data.n_features=48", "data.groups=8", "data.heldout_t
 # every model config with its default penalty, and the penalties and extra terms that change the step
 CASES = {m.stem: [f"model={m.stem}"] for m in sorted((CONF / "model").glob("*.yaml"))}
 CASES.update({"relu+l1_decoder_norm": ["model=relu", "loss=l1_decoder_norm"],
-              "relu+ortho": ["model=relu", "ortho=nearest", "ortho.refresh_every=7", "ortho.coef=0.1"],
+              "relu+ortho": ["model=relu", "ortho=nearest", "loss.extra.ortho.refresh_every=7",
+                             "loss.extra.ortho.coef=0.1"],
               "relu+target_l0": ["model=relu", "train.target_l0=8"]})
 # sparse enough that some latents are dead by the resampling point: TopK variants at a small k, penalties high
 SPARSE = {"topk": ["model.k=4"], "batchtopk": ["model.k=4"], "jumprelu": ["loss.l0=1", "model.init_threshold=1"]}

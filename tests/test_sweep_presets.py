@@ -1,4 +1,5 @@
-"""Every preset in sweeps/ composes, with every value of every axis; the SLURM launcher's keys override."""
+"""Every experiment of conf/experiment/ composes; every sweep preset among them with every value of every axis; the
+SLURM launcher's keys override."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,13 +11,31 @@ from omegaconf import OmegaConf
 
 from saeexp.cli import CONF_DIR
 
-SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
-PRESETS = sorted(p.stem for p in SWEEPS.glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+PRESETS = [e for e in EXPERIMENTS if "sweeper" in (Path(CONF_DIR) / "experiment" / f"{e}.yaml").read_text()]
 
 
 def _compose(name: str, overrides=()):
-    with initialize_config_dir(str(SWEEPS), version_base="1.3"):
-        return compose(name, [f"hydra.searchpath=[file://{CONF_DIR}]", *overrides], return_hydra_config=True)
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        return compose("config", [f"experiment={name}", *overrides], return_hydra_config=True)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_is_a_diff_of_the_main_config(name, monkeypatch, tmp_path):
+    """An experiment changes the main config (its own name, and values) and a command line still wins over it."""
+    monkeypatch.setenv("SAEEXP_RUNS", str(tmp_path))
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        base = compose("config", [])
+    cfg = _compose(name)
+    assert cfg.name != base.name and cfg.hydra.runtime.choices.experiment == name
+    assert _compose(name, ["name=mine", "seed=7"]).name == "mine"
+    assert _compose(name, ["seed=7"]).seed == 7
+
+
+def test_the_demo_is_an_experiment(monkeypatch, tmp_path):
+    monkeypatch.setenv("SAEEXP_RUNS", str(tmp_path))
+    cfg = _compose("demo")
+    assert (cfg.name, cfg.data._target_.rsplit(".", 1)[-1], cfg.model.d_sae) == ("demo", "LMSource", 4608)
 
 
 def _axes(cfg) -> dict[str, list[str]]:
@@ -38,7 +57,7 @@ def test_preset_composes_with_every_axis_value(name, monkeypatch, tmp_path):
     monkeypatch.setenv("SAEEXP_RUNS", str(tmp_path))
     cfg = _compose(name)
     axes = _axes(cfg)
-    assert cfg.experiment.startswith("sweep_"), "a preset sweeps at least two axes, by name"
+    assert cfg.name.startswith("sweep_"), "a preset sweeps at least two axes, by name"
     assert math_prod(len(v) for v in axes.values()) >= 4 and sum(len(v) > 1 for v in axes.values()) >= 2
     for key, values in axes.items():
         for value in values:

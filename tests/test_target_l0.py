@@ -6,9 +6,11 @@ import os
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import compose_cfg
 from saeexp.errors import ConfigError
+from saeexp.sweep.series import coefficient_keys
 from saeexp.train.run import build, train
 from saeexp.train.target_l0 import TargetL0
 
@@ -19,7 +21,7 @@ SETUP = ["data.d_in=32", "data.n_features=128", "data.max_p=0.05", "data.alpha=0
          "data.mean_magnitude=1.0", "data.min_magnitude=0.0", "data.noise=0.0", "data.groups=0", "data.heldout_tokens=8192",
          "model.d_sae=128", "optimizer.lr=4e-3", "train.batch_size=512", "train.tokens=204800",
          "train.lr_decay_tokens=40960", "train.lr_warmup_tokens=0", "train.sparsity_warmup_tokens=0",
-         "train.init_sample_tokens=4096", "train.log_every=20", f"train.target_l0={TARGET}", "experiment=target"]
+         "train.init_sample_tokens=4096", "train.log_every=20", f"train.target_l0={TARGET}", "name=target"]
 
 
 # JumpReLU's L0 follows lambda only as fast as theta moves: at its default (theta at the configured lr, SAELens')
@@ -41,7 +43,8 @@ def test_penalty_variants_reach_the_target_l0(model, tmp_path, one_thread):
     run_id = (run_dir / "mlflow_run_id").read_text()
     scale = sorted(client.get_metric_history(run_id, "train/sparsity_scale"), key=lambda m: m.step)
     # the settled coefficient, logged: the configured one times the controller's final factor
-    start = compose_cfg([f"model={model}", *SETUP]).loss.sparsity.coef
+    cfg = compose_cfg([f"model={model}", *SETUP])
+    start = OmegaConf.select(cfg, coefficient_keys(cfg)[0])  # loss.l1, or loss.l0 for jumprelu
     assert client.get_run(run_id).data.metrics["final/sparsity_coef"] == pytest.approx(r["sparsity_coef"])
     assert r["sparsity_coef"] == pytest.approx(start * scale[-1].value, rel=1e-4)
     frozen = [m.value for m in scale if m.step >= 320]  # the last 20% of 400 steps: a fixed coefficient

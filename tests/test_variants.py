@@ -12,6 +12,7 @@ from saeexp.errors import ConfigError
 from saeexp.losses import L0, L1, L1DecoderNorm
 from saeexp.sae import SCSAE, BatchTopKSAE, GatedSAE, JumpReLUSAE, ReLUSAE, TopKSAE
 from saeexp.sae.batchtopk import kth_largest
+from saeexp.train.run import saved_model_config
 
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 LOSSES = sorted(p.stem for p in (CONF / "loss").glob("*.yaml"))
@@ -70,9 +71,9 @@ def test_gated_composes_as_typed():
     source, sae, penalties, *_ = _build("gated", "l1", "loss.l1=2e-3")
     assert isinstance(sae, GatedSAE) and isinstance(penalties[0], L1) and penalties[0].coef == 2e-3
     cfg = compose_cfg(["model=gated", "loss.l1=2e-3"])  # no loss= needed: the model's YAML picks it
-    assert cfg.loss.sparsity._target_ == "saeexp.losses.L1"
-    assert compose_cfg(["model=jumprelu"]).loss.sparsity._target_ == "saeexp.losses.L0"
-    assert compose_cfg(["model=topk"]).loss.sparsity is None
+    assert cfg.loss._target_ == "saeexp.losses.L1"
+    assert compose_cfg(["model=jumprelu"]).loss._target_ == "saeexp.losses.L0"
+    assert compose_cfg(["model=topk"]).loss.get("_target_") is None
 
 
 @pytest.mark.slow  # Lightning + MLflow start-up
@@ -92,7 +93,6 @@ def test_topk_trains_end_to_end_and_loads(tmp_path):
 
 @pytest.mark.parametrize("model", [m for m in MODELS])
 def test_saved_variant_gives_same_outputs_on_raw_inputs(model, tmp_path):
-    from omegaconf import OmegaConf
 
     from saeexp.io import load_sae, save_sae
 
@@ -105,7 +105,7 @@ def test_saved_variant_gives_same_outputs_on_raw_inputs(model, tmp_path):
     sae.eval()
     raw = copy.deepcopy(sae)
     raw.fold_input_scale(scale)
-    save_sae(raw, tmp_path / "sae", OmegaConf.to_container(cfg.model, resolve=True), {})
+    save_sae(raw, tmp_path / "sae", saved_model_config(cfg, raw), {})
     loaded = load_sae(tmp_path / "sae")
     with torch.no_grad():
         ref, got = sae(x[:512] * scale), loaded(x[:512])
@@ -460,9 +460,9 @@ def test_gradient_clipping_is_stated_on_the_loss_summed_over_d_in():
     clip_grad(big, 1.0)
     clip_grad(small, 1.0)
     assert norm(big) == pytest.approx(1.0 / 16, rel=1e-4) and norm(small) == pytest.approx(before)
-    module = SAEModule(with_grads(1.0), [L1(0.1)], torch.optim.Adam, total_steps=10, grad_clip=2.0)
+    module = SAEModule(with_grads(1.0), [L1DecoderNorm(0.1)], torch.optim.Adam, total_steps=10, grad_clip=2.0)
     module.on_before_optimizer_step(None)  # where Lightning calls it: after backward, before the step
     assert norm(module.sae) == pytest.approx(2.0 / 16, rel=1e-4)
-    unclipped = SAEModule(with_grads(1.0), [L1(0.1)], torch.optim.Adam, total_steps=10, grad_clip=None)
+    unclipped = SAEModule(with_grads(1.0), [L1DecoderNorm(0.1)], torch.optim.Adam, total_steps=10, grad_clip=None)
     unclipped.on_before_optimizer_step(None)
     assert norm(unclipped.sae) == pytest.approx(norm(with_grads(1.0)))

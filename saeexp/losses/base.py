@@ -13,6 +13,10 @@ class LossTerm(nn.Module):
     name: str = "term"
     # sparsity penalties are multiplied by the sparsity-coefficient warm-up factor
     is_sparsity: bool = False
+    # the decoder handlings (model.decoder_norm) this term works with; a sparsity penalty's first one is what
+    # `model.decoder_norm=auto` becomes (no penalty: unit)
+    decoder_norms: tuple[str, ...] = ("unit", "free")
+    why_decoder: str = ""  # said when the SAE's handling is not among them
 
     def __init__(self, coef: float = 1.0):
         super().__init__()
@@ -25,6 +29,9 @@ class LossTerm(nn.Module):
         if self.is_sparsity and sae.sparsity == "structure":
             raise ConfigError(f"loss={self.name} on {type(sae).__name__}: this SAE sets its sparsity "
                               "structurally; use loss=none")
+        if sae.decoder_norm not in self.decoder_norms:
+            raise ConfigError(f"loss={self.name} with model.decoder_norm={sae.decoder_norm}: expected "
+                              f"model.decoder_norm={' or '.join(self.decoder_norms)} (or auto){self.why_decoder}")
 
     def forward(self, x_BD: Tensor, out: SAEOutput, sae: SAE) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError

@@ -14,6 +14,11 @@ class L0(LossTerm):
 
     name = "l0"
     is_sparsity = True
+    # an L0 count does not see the decoder's norms: either works; free rows of norm 0.1 are SAELens' JumpReLU
+    decoder_norms = ("free", "unit")
+
+    def __init__(self, l0: float):
+        super().__init__(l0)
 
     def validate(self, sae) -> None:
         super().validate(sae)

@@ -85,13 +85,13 @@ class DecoderOrthogonality(LossTerm):
                  rerank_every: int = 10, block: int = 4096):
         super().__init__(coef)
         if pairs not in PAIRS:
-            raise ConfigError(f"ortho.pairs={pairs!r}: expected one of {PAIRS}")
+            raise ConfigError(f"loss.extra.ortho.pairs={pairs!r}: expected one of {PAIRS}")
         if features not in FEATURES:
-            raise ConfigError(f"ortho.features={features!r}: expected one of {FEATURES}")
+            raise ConfigError(f"loss.extra.ortho.features={features!r}: expected one of {FEATURES}")
         if similarity not in SIMILARITIES:
-            raise ConfigError(f"ortho.similarity={similarity!r}: expected one of {SIMILARITIES}")
+            raise ConfigError(f"loss.extra.ortho.similarity={similarity!r}: expected one of {SIMILARITIES}")
         if not 0.0 <= margin < 1.0:
-            raise ConfigError(f"ortho.margin={margin!r}: expected a number in [0, 1)")
+            raise ConfigError(f"loss.extra.ortho.margin={margin!r}: expected a number in [0, 1)")
         for key, v in (("neighbours", neighbours), ("refresh_every", refresh_every), ("rerank_every", rerank_every),
                        ("block", block)):
             if not isinstance(v, int) or v < 1:

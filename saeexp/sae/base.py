@@ -14,6 +14,8 @@ from torch import Tensor, nn
 from saeexp.errors import ConfigError
 
 DECODER_NORMS = ("unit", "free")
+# decoder rows' norm at init when the config leaves it to the handling (Anthropic, April 2024 update: 0.1 when free)
+INIT_DEC_NORM = {"unit": 1.0, "free": 0.1}
 
 
 @dataclass
@@ -43,7 +45,7 @@ class SAE(nn.Module):
     # how sparsity comes: "penalty" (training needs a sparsity term with a coefficient > 0) or "structure"
     # (the architecture selects; a sparsity penalty is refused)
     sparsity: str = "penalty"
-    # the knob that sets this SAE's sparsity: "coefficient" (the penalty's lambda, `loss.sparsity.coef`) or "k"
+    # the knob that sets this SAE's sparsity: "coefficient" (the penalty's lambda, `loss.l1` or `loss.l0`) or "k"
     # (`model.k`); runs are tagged with it and `train.target_l0` acts through it (saeexp.train.target_l0)
     sparsity_control: str = "coefficient"
     # out.extras["l0"] is a differentiable L0 estimate (what `loss=l0` penalises)
@@ -57,7 +59,7 @@ class SAE(nn.Module):
         """Whether the SAE revives its own dead latents (TopK's AuxK), so resampling would duplicate it."""
         return False
 
-    def __init__(self, d_in: int, d_sae: int, decoder_norm: str = "unit", init_dec_norm: float = 1.0,
+    def __init__(self, d_in: int, d_sae: int, decoder_norm: str = "unit", init_dec_norm: float | None = None,
                  enc_from_dec: bool = True, seed: int = 0):
         super().__init__()
         if not isinstance(d_in, int) or d_in < 1:
@@ -66,9 +68,10 @@ class SAE(nn.Module):
             raise ConfigError(f"model.d_sae={d_sae!r}: expected an integer >= 1")
         if decoder_norm not in DECODER_NORMS:
             raise ConfigError(f"model.decoder_norm={decoder_norm!r}: expected one of {DECODER_NORMS}")
+        init_dec_norm = INIT_DEC_NORM[decoder_norm] if init_dec_norm is None else init_dec_norm
         self.d_in, self.d_sae, self.decoder_norm = d_in, d_sae, decoder_norm
         gen = torch.Generator().manual_seed(seed)
-        # decoder rows: random directions of norm init_dec_norm (Anthropic, April 2024 update: 0.1 when free)
+        # decoder rows: random directions of norm init_dec_norm
         W_dec = torch.randn(d_sae, d_in, generator=gen)
         W_dec *= init_dec_norm / W_dec.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(W_dec)

@@ -90,7 +90,7 @@ class GatedSAE(SAE):
     encoder_rows = (("W_gate", 1), ("b_gate", 0), ("r_mag", 0), ("b_mag", 0))  # r_mag = 0: W_mag = W_gate
     has_encoder_bias = False  # two encoder biases (b_gate, b_mag): no single b_enc to fold b_dec into
 
-    def __init__(self, d_in: int, d_sae: int, decoder_norm: str = "unit", init_dec_norm: float = 1.0,
+    def __init__(self, d_in: int, d_sae: int, decoder_norm: str = "unit", init_dec_norm: float | None = None,
                  enc_from_dec: bool = True, seed: int = 0, aux_recon: float = 1.0,
                  free_decoder: str = "unfrozen_in_aux"):
         super().__init__(d_in, d_sae, decoder_norm, init_dec_norm, enc_from_dec, seed)

@@ -108,7 +108,7 @@ class JumpReLUSAE(SAE):
     provides_l0 = True  # extras["l0"] carries the STE count that `loss=l0` penalises
     aux_terms = ("pre_act",)
 
-    def __init__(self, d_in: int, d_sae: int, decoder_norm: str = "unit", init_dec_norm: float = 1.0,
+    def __init__(self, d_in: int, d_sae: int, decoder_norm: str = "unit", init_dec_norm: float | None = None,
                  enc_from_dec: bool = True, seed: int = 0, bandwidth: float | None = None,
                  init_threshold: float | None = None, kernel: str = "rectangle", threshold_param: str = "raw",
                  min_threshold: float = 1e-6, threshold_lr_scale: float | None = 1.0, pre_act: float = 0.0,

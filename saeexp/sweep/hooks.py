@@ -79,7 +79,7 @@ class SweepSetup(Callback):
         if slurm and uri.startswith("sqlite:"):
             log.warning("MLflow store %s is SQLite: concurrent SLURM jobs may hit 'database is locked'. Start a "
                         "server (scripts/mlflow-server.sh start DIR PORT) and export MLFLOW_TRACKING_URI.", uri)
-        ensure_experiment(uri, str(OmegaConf.select(config, "logger.experiment")))
+        ensure_experiment(uri, str(OmegaConf.select(config, "logger.experiment_name")))
         mode = ("slurm" if slurm else "host") if self.harvest == "auto" else self.harvest
         if mode == "none" or not _has_cache(config.data):
             return

@@ -133,7 +133,7 @@ def _log(client, experiment_id: str, out_dir: Path, points) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="saeexp-pareto", description=__doc__.splitlines()[0])
-    ap.add_argument("experiment", help="MLflow experiment (the sweep's `experiment=` name)")
+    ap.add_argument("experiment", help="MLflow experiment (the sweep's `name=`)")
     ap.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else runs/mlflow.db")
     ap.add_argument("--out", default=None, help="where to write pareto.{png,html,json,txt} (default: runs/<exp>/)")
     ap.add_argument("--no-reconcile", action="store_true", help="do not match open runs against sacct")

@@ -27,23 +27,15 @@ def control(cfg: DictConfig) -> tuple[str, str, list[str]]:
     if kind == "k":
         k = model_overrides(cfg).get("k", cfg.model.get("k"))
         return "k", str(k), ["model.k"]
-    coef = OmegaConf.select(cfg, "loss.sparsity.coef", default=None)
-    return "coefficient", str(coef), ["loss.sparsity.coef", *_coef_sources(cfg)]
+    keys = coefficient_keys(cfg)
+    return "coefficient", str(OmegaConf.select(cfg, keys[0]) if keys else None), keys
 
 
-def _coef_sources(cfg: DictConfig) -> list[str]:
-    """The key(s) the coefficient is read from (`loss.l1`, `loss.l0`: `coef: ${..l1}`)."""
-    sparsity = OmegaConf.select(cfg, "loss.sparsity", default=None)
-    if sparsity is None:
-        return []
-    node = sparsity._get_node("coef")
-    if node is not None and node._is_interpolation():
-        target = node._dereference_node()
-        return [target._get_full_key(None)] if target is not None else []
-    # an already resolved config (interpolations gone): the loss group's number equal to the coefficient
-    coef = sparsity.get("coef")
-    return [f"loss.{k}" for k, v in cfg.loss.items()
-            if k != "sparsity" and isinstance(v, (int, float)) and not isinstance(v, bool) and v == coef]
+def coefficient_keys(cfg: DictConfig) -> list[str]:
+    """The penalty's coefficient key (`loss.l1`, `loss.l0`): the loss group's numbers, less its extra terms."""
+    loss = cfg.get("loss") or {}
+    return [f"loss.{k}" for k, v in loss.items()
+            if k not in ("_target_", "extra") and isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
 def items(params: dict[str, str], exclude: list[str]) -> dict[str, str]:

@@ -45,6 +45,25 @@ def make(node, **kwargs):
         raise
 
 
+def penalty_config(cfg: DictConfig) -> dict:
+    """The sparsity penalty's node: the loss group less its list of extra terms (`loss.extra`)."""
+    node = OmegaConf.to_container(cfg.loss, resolve=True)
+    node.pop("extra", None)
+    return node
+
+
+def decoder_handling(cfg: DictConfig, penalty) -> dict:
+    """`model.decoder_norm=auto`: the first handling the penalty declares (no penalty: unit); else nothing."""
+    if cfg.model.get("decoder_norm") != "auto":
+        return {}
+    return {"decoder_norm": penalty.decoder_norms[0] if penalty is not None else "unit"}
+
+
+def saved_model_config(cfg: DictConfig, sae) -> dict:
+    """The model config a saved SAE carries: resolved, with the decoder handling `auto` became."""
+    return {**OmegaConf.to_container(cfg.model, resolve=True), "decoder_norm": sae.decoder_norm}
+
+
 def build(cfg: DictConfig, source=None):
     """Instantiate data source, SAE and loss terms from the config; checks every combination first."""
     t = cfg.train
@@ -53,9 +72,11 @@ def build(cfg: DictConfig, source=None):
     if steps < 1:
         raise ConfigError(f"train.tokens={t.tokens}: fewer than one batch of train.batch_size={batch_size}")
     source = source or make(cfg.data)
-    sae = make(cfg.model, **target_l0.model_overrides(cfg))  # train.target_l0 sets k on TopK variants
-    penalties = [make(cfg.loss.sparsity)] if cfg.loss.get("sparsity") else []
-    penalties += [make(v) for v in (cfg.get("extra_losses") or {}).values() if v is not None]
+    penalty = make(penalty_config(cfg)) if cfg.loss.get("_target_") else None
+    extra = [make(v) for v in (cfg.loss.get("extra") or {}).values() if v and v.get("_target_")]
+    # train.target_l0 sets k on TopK variants; `model.decoder_norm=auto` becomes the penalty's handling
+    sae = make(cfg.model, **target_l0.model_overrides(cfg), **decoder_handling(cfg, penalty))
+    penalties = [penalty, *extra] if penalty is not None else extra
     for term in penalties:
         term.validate(sae)
     if sae.sparsity == "penalty" and not any(p.is_sparsity and p.coef > 0 for p in penalties):
@@ -176,7 +197,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
 
     raw = copy.deepcopy(sae).cpu()
     raw.fold_input_scale(scale)
-    save_sae(raw, run_dir / "sae", OmegaConf.to_container(cfg.model, resolve=True),
+    save_sae(raw, run_dir / "sae", saved_model_config(cfg, raw),
              {"input_scale": scale, "d_in": sae.d_in, "d_sae": sae.d_sae,
               "data": OmegaConf.to_container(cfg.data, resolve=True), "run_dir": str(run_dir)})
     verdict = learning_verdict(scalars)
@@ -196,7 +217,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
                   f"`saeexp-features {run_dir}` retries")
     logger.finalize("success")
     print(f"saeexp: finished {steps} steps ({steps * batch_size:,} tokens) in {run_dir}\n  {summary(result)}\n"
-          f"  MLflow: experiment '{cfg.logger.experiment}', run {logger.run_id} at "
+          f"  MLflow: experiment '{cfg.logger.experiment_name}', run {logger.run_id} at "
           f"{redact_text(cfg.logger.tracking_uri)}\n"
           f"  SAE: {run_dir / 'sae'}  (saeexp.load_sae(path))")
     if verdict is not None:
