@@ -116,7 +116,7 @@ class PoisonAt:
             def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
                 if trainer.global_step == step:
                     with torch.no_grad():
-                        module.sae.W_enc[0, 0] = float("nan")
+                        module.sae.W_dec[0, 0] = float("nan")  # every variant has W_dec
 
         return _Poison()
 

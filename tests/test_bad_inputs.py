@@ -130,7 +130,7 @@ ROWS = [
     ("lr_negative", lambda t, r: ["optimizer.lr=-1"], ["optimizer.lr=-1", "> 0"]),
     ("lr_zero", lambda t, r: ["optimizer.lr=0"], ["optimizer.lr=0", "> 0"]),
     ("grad_clip_zero", lambda t, r: ["train.grad_clip=0"], ["train.grad_clip=0", "> 0", "null"]),
-    ("l1_zero_relu", lambda t, r: ["loss.l1=0"], ["loss.l1=0", "ReLUSAE"]),
+    ("l1_zero_relu", lambda t, r: ["model=relu", "loss.l1=0"], ["loss.l1=0", "ReLUSAE"]),
     ("l1_zero_gated", lambda t, r: ["model=gated", "loss.l1=0"], ["loss.l1=0", "GatedSAE"]),
     ("l1_zero_scsae", lambda t, r: ["model=scsae", "loss.l1=0"], ["loss.l1=0", "SCSAE"]),
     ("no_penalty_relu", lambda t, r: ["loss=none"], ["no sparsity penalty"]),

@@ -62,4 +62,4 @@ def test_train_logs_mlflow_run_and_eval_rescores(tmp_path):
 
 def test_cfg_job_prints_composed_config(tmp_path):
     p = run(["saeexp", "--cfg", "job", "loss.l1=2e-3"], tmp_path)
-    assert "l1: 0.002" in p.stdout and "_target_: saeexp.sae.ReLUSAE" in p.stdout
+    assert "l1: 0.002" in p.stdout and "_target_: saeexp.sae.GatedSAE" in p.stdout  # the default model

@@ -9,7 +9,7 @@ from conftest import compose_cfg
 from saeexp.sweep.frontier import FVU, L0
 from saeexp.train.run import train
 
-TINY = ["model.d_sae=32", "train.tokens=20480", "train.batch_size=1024", "train.log_every=10",
+TINY = ["model=relu", "model.d_sae=32", "train.tokens=20480", "train.batch_size=1024", "train.log_every=10",
         "train.init_sample_tokens=2048", "data.heldout_tokens=2048", "name=compare"]
 RUNS = {"k4": ["model=topk", "model.k=4"], "k16": ["model=topk", "model.k=16"], "seed0": ["seed=0"],
         "seed1": ["seed=1"], "dec_norm": ["loss=l1_decoder_norm"], "target": ["model=batchtopk", "train.target_l0=8"]}

@@ -42,7 +42,7 @@ RUN = textwrap.dedent("""
     from conftest import compose_cfg
     from saeexp.train.run import train
     n, run_dir = int(sys.argv[2]), sys.argv[3]
-    cfg = compose_cfg(["data=lm", "data._target_=__main__.FakeLMSource", "data.d_in=64",
+    cfg = compose_cfg(["model=relu", "data=lm", "data._target_=__main__.FakeLMSource", "data.d_in=64",
                        f"data.harvest_tokens={n}", "data.heldout_tokens=4096", "data.model_eval=false",
                        "+data.chunk_tokens=16384", "+data.buffer_chunks=4", "model.d_sae=256",
                        "train.tokens=500_000", "train.batch_size=4096", "train.log_every=100"], run_dir=run_dir)

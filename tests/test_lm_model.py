@@ -91,7 +91,7 @@ def test_public_splice_replaces_only_masked_positions(small_source, smol):
 
 
 def _lm_cfg(tmp_path, name, *extra):
-    return compose_cfg(["data=lm", f"data.corpus=[{SMALL}]", "data.harvest_tokens=4064", "data.heldout_tokens=508",
+    return compose_cfg(["model=relu", "data=lm", f"data.corpus=[{SMALL}]", "data.harvest_tokens=4064", "data.heldout_tokens=508",
                         "data.ce_tokens=127", "model.d_sae=512", "train.tokens=8192", "train.batch_size=256",
                         "train.init_sample_tokens=2048", "train.log_every=8", "train.checkpoint_every=1000",
                         *extra], run_dir=tmp_path / name)

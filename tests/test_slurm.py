@@ -16,7 +16,7 @@ import pytest
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-TINY = ["model.d_sae=64", "train.batch_size=1024", "train.init_sample_tokens=4096", "data.heldout_tokens=4096"]
+TINY = ["model=relu", "model.d_sae=64", "train.batch_size=1024", "train.init_sample_tokens=4096", "data.heldout_tokens=4096"]
 
 
 @pytest.fixture(scope="module")
