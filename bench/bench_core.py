@@ -144,7 +144,7 @@ def cli_step(x, width, n_steps, log_every=5, cli_log_every=50):
         np.save(f"{d}/acts.npy", np.resize(x.numpy(), (rows, d_in)))
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{d}/mlflow.db", "SAEEXP_RUNS": f"{d}/runs",
                "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
-        cmd = ["saeexp", "data=file", f"data.path={d}/acts.npy", f"data.d_in={d_in}", f"model.d_sae={width}",
+        cmd = ["saeexp", "model=relu", "data=file", f"data.path={d}/acts.npy", f"data.d_in={d_in}", f"model.d_sae={width}",
                f"train.batch_size={batch}", f"train.tokens={batch * n_steps}", f"train.log_every={log_every}",
                "train.init_sample_tokens=4096", "data.heldout_tokens=16384", "name=bench_core",
                "+callbacks.clock._target_=bench_core.CLIClock", f"+callbacks.clock.path={d}/clock.json"]

@@ -31,7 +31,7 @@ def main() -> None:
                                          / "bench" / "bench_sweep.json"), help="the result's JSON (outside the repository)")
     a = ap.parse_args()
     coefs = ["1e-3", "2e-3", "4e-3", "8e-3"]
-    common = [f"model.d_sae={a.d_sae}", f"train.tokens={a.tokens}", "train.batch_size=4096"]
+    common = ["model=relu", f"model.d_sae={a.d_sae}", f"train.tokens={a.tokens}", "train.batch_size=4096"]
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         tmp = Path(tmp)
         with slurm_cluster(tmp / "slurm", a.port_base) as slurm_env, \
