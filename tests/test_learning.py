@@ -6,6 +6,8 @@ is twice as wide as the truth. Each variant runs at its defaults except its spar
 defect (the tied encoder's step-0 blow-up, issue 8) left decoders at random directions under exactly such
 ratios while toy sizes still passed.
 """
+import os
+
 import pytest
 
 from conftest import compose_cfg
@@ -43,8 +45,16 @@ GAPS = {
 ALL = {**CASES, **GAPS}
 
 
-@pytest.mark.parametrize("case", [*CASES, *(pytest.param(c, marks=pytest.mark.xfail(
-    reason="the method on this data: SAELens' own trainer ends the same (comment above)")) for c in GAPS)])
+# The gaps run on request only (`SAEEXP_KNOWN_GAPS=1`; with `--runxfail` they print their figures): a non-strict
+# expected failure could never fail, and these two cost 1.5 minutes of every `make test`. Asked for, they are strict:
+# one that starts passing fails, so the gap is seen to close. bench/bench_quality.py reports both against SAELens.
+KNOWN_GAPS = os.environ.get("SAEEXP_KNOWN_GAPS") == "1"
+
+
+@pytest.mark.parametrize("case", [*CASES, *(pytest.param(c, marks=[
+    pytest.mark.skipif(not KNOWN_GAPS, reason="a known gap (comment above); SAEEXP_KNOWN_GAPS=1 runs it"),
+    pytest.mark.xfail(strict=True, reason="the method on this data: SAELens' own trainer ends the same")])
+    for c in GAPS)])
 def test_variant_recovers_planted_features(case, tmp_path):
     overrides, at_least = ALL[case]
     result = train(compose_cfg(DATA + RECIPE + overrides, run_dir=tmp_path / "run"))
