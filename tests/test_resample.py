@@ -237,7 +237,7 @@ def test_lr_is_rewarmed_in_training_after_the_resample(tmp_path, one_thread):
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
             lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
-    cfg = compose_cfg([*SMALL, "resampler=anthropic", "resampler.rewarm_steps=3"], run_dir=tmp_path)
+    cfg = compose_cfg(["model=relu", *SMALL, "resampler=anthropic", "resampler.rewarm_steps=3"], run_dir=tmp_path)
     module = _fit(cfg, [Record()])
     assert module.resampler.last_step == 3  # the point 0.5 of 8 steps: after the 4th step
     base = lrs[0]
@@ -267,7 +267,8 @@ def test_resumed_run_resamples_like_an_uninterrupted_one(tmp_path):
 
     from saeexp.train.run import train
 
-    common = ["model.d_sae=128", "train.tokens=30720", "train.batch_size=512", "train.checkpoint_every=20",
+    common = ["model=relu", "model.d_sae=128", "train.tokens=30720", "train.batch_size=512",
+              "train.checkpoint_every=20",
               "train.log_every=10", "resampler=anthropic", "resampler.at=[0.5,0.75]",
               "resampler.window_tokens=2048", "resampler.reservoir_tokens=2048", "resampler.rewarm_steps=10",
               "loss.l1=0.1", "ortho=active", "loss.extra.ortho.refresh_every=7", "loss.extra.ortho.coef=0.1",
