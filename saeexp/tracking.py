@@ -80,10 +80,9 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
     except ValueError:  # no Hydra (train called directly): the model class
         variant = None
     variant = variant or str(cfg.model.get("_target_", "?")).rsplit(".", 1)[-1]
-    from saeexp.sweep.series import coefficient_keys
+    from saeexp.sweep.series import coefficient
 
-    keys = coefficient_keys(cfg)
-    coef = OmegaConf.select(cfg, keys[0]) if keys else None
+    coef = coefficient(cfg)
     tags = {"sweep": str(cfg.name), "variant": str(variant), "width": str(cfg.model.get("d_sae")),
             "coefficient": str(coef), "seed": str(cfg.seed), "git_commit": git_commit()}
     tags.update(series_tags(cfg))

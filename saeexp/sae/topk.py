@@ -131,9 +131,9 @@ class TopKSAE(SAE):
     aux_terms = ("auxk",)
     sparsity_control = "k"   # model.k (BatchTopK: k per token on average)
 
-    def __init__(self, d_in: int, d_sae: int, k: int = 32, decoder_norm: str = "unit", init_dec_norm: float | None = None,
-                 enc_from_dec: bool = True, seed: int = 0, auxk: float = 1 / 32, k_aux: int | None = None,
-                 dead_window_tokens: int = 10_000_000):
+    def __init__(self, d_in: int, d_sae: int, k: int = 32, decoder_norm: str = "unit",
+                 init_dec_norm: float | None = None, enc_from_dec: bool = True, seed: int = 0, auxk: float = 1 / 32,
+                 k_aux: int | None = None, dead_window_tokens: int = 10_000_000):
         super().__init__(d_in, d_sae, decoder_norm, init_dec_norm, enc_from_dec, seed)
         if not isinstance(k, int) or not 1 <= k <= d_sae:
             raise ConfigError(f"model.k={k!r}: expected an integer in [1, d_sae={d_sae}]")

@@ -28,7 +28,7 @@ def control(cfg: DictConfig) -> tuple[str, str, list[str]]:
         k = model_overrides(cfg).get("k", cfg.model.get("k"))
         return "k", str(k), ["model.k"]
     keys = coefficient_keys(cfg)
-    return "coefficient", str(OmegaConf.select(cfg, keys[0]) if keys else None), keys
+    return "coefficient", str(coefficient(cfg)), keys
 
 
 def coefficient_keys(cfg: DictConfig) -> list[str]:
@@ -36,6 +36,12 @@ def coefficient_keys(cfg: DictConfig) -> list[str]:
     loss = cfg.get("loss") or {}
     return [f"loss.{k}" for k, v in loss.items()
             if k not in ("_target_", "extra") and isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def coefficient(cfg: DictConfig):
+    """The penalty's coefficient (the value at `coefficient_keys(cfg)[0]`), None without a penalty."""
+    keys = coefficient_keys(cfg)
+    return OmegaConf.select(cfg, keys[0]) if keys else None
 
 
 def items(params: dict[str, str], exclude: list[str]) -> dict[str, str]:

@@ -17,6 +17,7 @@ from saeexp.io import save_sae
 from saeexp.redact import redact_text
 from saeexp.report import score, summary, write_report
 from saeexp.resample.callback import Resampling
+from saeexp.sweep.series import coefficient_keys
 from saeexp.train import init, target_l0
 from saeexp.train.callbacks import RunCheckpoint, TokensProgressBar, verify_checkpoint
 from saeexp.train.datamodule import ActivationDataModule
@@ -80,7 +81,7 @@ def build(cfg: DictConfig, source=None):
     for term in penalties:
         term.validate(sae)
     if sae.sparsity == "penalty" and not any(p.is_sparsity and p.coef > 0 for p in penalties):
-        zero = [f"loss.{k}=0" for k in ("l1", "l0") if OmegaConf.select(cfg, f"loss.{k}") == 0]
+        zero = [f"{k}=0" for k in coefficient_keys(cfg) if OmegaConf.select(cfg, k) == 0]
         raise ConfigError(f"model={type(sae).__name__} with {zero[0] if zero else 'no sparsity penalty'}: it would "
                           "learn no sparsity; expected a coefficient > 0 (loss=l1, loss.l1=2e-3)")
     resampler = make(cfg.resampler) if cfg.get("resampler") and cfg.resampler.get("_target_") else None
