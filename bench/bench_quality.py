@@ -53,8 +53,10 @@ VARIANTS = {
     "relu+ortho": dict(args=["model=relu", "loss=l1", "ortho=nearest"], key="loss.l1", settings=L1_GRID,
                        base="relu+l1"),
 }
-# SAELens' coefficients: its MSE sums over d_in where saeexp's averages, so its L1 scale is ~d_in (64) times ours
-PEERS = {"standard": [0.5, 1.5, 5.0, 15.0], "gated": [0.5, 1.5, 5.0, 15.0], "jumprelu": [3e-3, 1e-2, 3e-2, 1e-1],
+# SAELens' coefficients on set 1: its MSE sums over d_in where saeexp's averages, so its coefficients are ~d_in
+# (64) times ours (jumprelu: 0.3-3 spans L0 31-3 on set 1, bench/results/set1-2026-12-02/); other sets scale
+# them by d_in / 64 (`peer_grid`)
+PEERS = {"standard": [0.5, 1.5, 5.0, 15.0], "gated": [0.5, 1.5, 5.0, 15.0], "jumprelu": [0.3, 0.7, 1.0, 3.0],
          "topk": [5, 10, 20, 40], "batchtopk": [5, 10, 20, 40]}
 
 
@@ -122,6 +124,13 @@ def score(sae, x, codes, truth) -> dict:
             "recovered": rec["gt_recovered@0.9"], "gt_mmcs": rec["gt_mmcs"], "mcc": M.feature_mcc(codes, acts)}
 
 
+def peer_grid(arch: str, d_in: int) -> list[float]:
+    """SAELens' default settings for a set of width d_in: k as is, coefficients scaled from set 1's d_in 64."""
+    if arch in ("topk", "batchtopk"):
+        return PEERS[arch]
+    return [float(f"{s * d_in / 64:.3g}") for s in PEERS[arch]]
+
+
 def jobs(a):
     """(library, name, setting, seed, folder) for everything asked for."""
     for variant in a.variants:
@@ -133,7 +142,8 @@ def jobs(a):
     if a.saeexp_only:
         return
     for arch in dict.fromkeys(VARIANTS[v]["peer"] for v in a.variants if "peer" in VARIANTS[v]):
-        for s in a.peer_settings or (PEERS[arch] if a.set == 1 or a.device == "cuda" else PEERS[arch][1:2]):
+        grid = peer_grid(arch, a.d_in)
+        for s in a.peer_settings or (grid if a.set == 1 or a.device == "cuda" else grid[1:2]):
             for seed in range(a.seeds):
                 yield "saelens", arch, s, seed, a.root / "saelens" / arch / fmt(s) / f"seed{seed}"
 
@@ -182,6 +192,7 @@ def main(argv=None) -> None:
     print(f"bench_quality: set {a.set} (d_in {spec['data']['d_in']}, {spec['data']['n_features']} true features, "
           f"true L0 {spec['true_l0']:.2f}), width {spec['width']}, {a.tokens:,} tokens -> {a.root}")
     x, codes, truth = quality_sets.heldout(spec)
+    a.d_in = spec["data"]["d_in"]
     todo = list(jobs(a))
     for i, (lib, name, s, seed, folder) in enumerate(todo):
         if (folder / "score.json").exists() and not (a.redo and lib == "saeexp"):
