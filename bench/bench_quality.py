@@ -54,8 +54,10 @@ VARIANTS = {
                        base="relu+l1"),
 }
 # SAELens' coefficients on set 1: its MSE sums over d_in where saeexp's averages, so its coefficients are ~d_in
-# (64) times ours (jumprelu: 0.3-3 spans L0 31-3 on set 1, bench/results/set1-2026-12-02/); other sets scale
-# them by d_in / 64 (`peer_grid`)
+# (64) times ours (jumprelu: 0.3-3 spans L0 31-3 on set 1, bench/results/set1-2026-12-02/). Other sets move
+# both grids (`grid`): at E||x|| = sqrt(d_in) a feature's coefficient is ~sqrt(d_in / L0), so removing it costs
+# ~1/L0 of saeexp's MSE while its L1 costs lambda * sqrt(d_in / L0): the L1 coefficient that keeps an L0 scales
+# as 1/sqrt(d_in) (saeexp) and sqrt(d_in) (SAELens); an L0 coefficient as 1 (saeexp) and d_in (SAELens)
 PEERS = {"standard": [0.5, 1.5, 5.0, 15.0], "gated": [0.5, 1.5, 5.0, 15.0], "jumprelu": [0.3, 0.7, 1.0, 3.0],
          "topk": [5, 10, 20, 40], "batchtopk": [5, 10, 20, 40]}
 
@@ -124,26 +126,28 @@ def score(sae, x, codes, truth) -> dict:
             "recovered": rec["gt_recovered@0.9"], "gt_mmcs": rec["gt_mmcs"], "mcc": M.feature_mcc(codes, acts)}
 
 
-def peer_grid(arch: str, d_in: int) -> list[float]:
-    """SAELens' default settings for a set of width d_in: k as is, coefficients scaled from set 1's d_in 64."""
-    if arch in ("topk", "batchtopk"):
-        return PEERS[arch]
-    return [float(f"{s * d_in / 64:.3g}") for s in PEERS[arch]]
+def grid(settings: list, key: str, d_in: int) -> list:
+    """A grid of set 1 (d_in 64) moved to a set of width d_in: k as is, coefficients by the rule above.
+    `key`: saeexp's swept key, or SAELens' architecture."""
+    factor = {"loss.l1": (64 / d_in) ** 0.5, "standard": (d_in / 64) ** 0.5, "gated": (d_in / 64) ** 0.5,
+              "jumprelu": d_in / 64}.get(key, 1.0)
+    return settings if factor == 1.0 else [float(f"{s * factor:.3g}") for s in settings]
 
 
 def jobs(a):
     """(library, name, setting, seed, folder) for everything asked for."""
     for variant in a.variants:
         v = VARIANTS[variant]
-        for s in a.settings or (v["settings"] if a.set == 1 or a.device == "cuda" else v["settings"][1:2]):
+        ours = grid(v["settings"], v["key"], a.d_in)
+        for s in a.settings or (ours if a.set == 1 or a.device == "cuda" else ours[1:2]):
             for seed in range(a.seeds):
                 if not a.peer_only:
                     yield "saeexp", variant, s, seed, a.root / "saeexp" / variant / fmt(s) / f"seed{seed}"
     if a.saeexp_only:
         return
     for arch in dict.fromkeys(VARIANTS[v]["peer"] for v in a.variants if "peer" in VARIANTS[v]):
-        grid = peer_grid(arch, a.d_in)
-        for s in a.peer_settings or (grid if a.set == 1 or a.device == "cuda" else grid[1:2]):
+        theirs = grid(PEERS[arch], arch, a.d_in)
+        for s in a.peer_settings or (theirs if a.set == 1 or a.device == "cuda" else theirs[1:2]):
             for seed in range(a.seeds):
                 yield "saelens", arch, s, seed, a.root / "saelens" / arch / fmt(s) / f"seed{seed}"
 
