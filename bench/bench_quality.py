@@ -127,10 +127,10 @@ def score(sae, x, codes, truth) -> dict:
 
 
 def grid(settings: list, key: str, d_in: int) -> list:
-    """A grid of set 1 (d_in 64) moved to a set of width d_in: k as is, coefficients by the rule above.
+    """A grid of set 1 moved to a set of width d_in: k as is, coefficients by the rule above.
     `key`: saeexp's swept key, or SAELens' architecture."""
-    factor = {"loss.l1": (64 / d_in) ** 0.5, "standard": (d_in / 64) ** 0.5, "gated": (d_in / 64) ** 0.5,
-              "jumprelu": d_in / 64}.get(key, 1.0)
+    r = d_in / quality_sets.SETS[1]["data"]["d_in"]  # the grids above are set 1's
+    factor = {"loss.l1": r ** -0.5, "standard": r ** 0.5, "gated": r ** 0.5, "jumprelu": r}.get(key, 1.0)
     return settings if factor == 1.0 else [float(f"{s * factor:.3g}") for s in settings]
 
 
