@@ -34,7 +34,9 @@ CASES.update({"relu+l1_decoder_norm": ["model=relu", "loss=l1_decoder_norm"],
                              "loss.extra.ortho.coef=0.1"],
               "relu+target_l0": ["model=relu", "train.target_l0=8"]})
 # sparse enough that some latents are dead by the resampling point: TopK variants at a small k, penalties high
-SPARSE = {"topk": ["model.k=4"], "batchtopk": ["model.k=4"], "jumprelu": ["loss.l0=1", "model.init_threshold=1"]}
+# (BatchTopK's own AuxK window defaults to 5 batches since the pin was taken; the pin keeps train's 2)
+SPARSE = {"topk": ["model.k=4"], "batchtopk": ["model.k=4", f"model.dead_window_tokens={BATCH * 2}"],
+          "jumprelu": ["loss.l0=1", "model.init_threshold=1"]}
 
 
 def fingerprint(sae) -> dict[str, list[float]]:
