@@ -49,8 +49,10 @@ def learned(pts: list) -> list:
     return [p for p in pts if p["fvu"] < 1]
 
 
-def compare(ours: list, ref: list) -> dict:
-    """saeexp's curve against a reference at matched L0, only inside both curves' L0 range."""
+def compare(ours: list, ref: list, same_k: bool = False) -> dict:
+    """saeexp's curve against a reference at matched L0, only inside both curves' L0 range; with `same_k` (both
+    swept over k) at each k both have, as issue 8 asks of BatchTopK against TopK (BatchTopK's inference threshold
+    ends near k, 9.9 at k 10, not at it)."""
     ours, ref = learned(ours), learned(ref)
     if not ours or not ref:
         return {"overlap": None, "l0_range": [math.nan] * 2, "ref_l0_range": [math.nan] * 2}
@@ -58,13 +60,23 @@ def compare(ours: list, ref: list) -> dict:
     hi = min(ours[-1]["log_l0"], ref[-1]["log_l0"])
     ranges = {"l0_range": [math.exp(ours[0]["log_l0"]), math.exp(ours[-1]["log_l0"])],
               "ref_l0_range": [math.exp(ref[0]["log_l0"]), math.exp(ref[-1]["log_l0"])]}
+    if same_k:
+        pairs = [(a, b) for a in ours for b in ref if a["setting"] == b["setting"]]
+        if not pairs:
+            return {**ranges, "overlap": None}
+        lo, hi = min(a["log_l0"] for a, _ in pairs), max(a["log_l0"] for a, _ in pairs)
+        rows = [{"k": a["setting"], "l0": a["l0"], **{f"{k}_{side}": pt[k] for k in ("fvu", "recovered", "mcc")
+                                                      for side, pt in (("ours", a), ("ref", b))}} for a, b in pairs]
+        return _diffs(ranges, lo, hi, rows)
     at = sorted({p["log_l0"] for p in ours + ref if lo <= p["log_l0"] <= hi})
-    if hi < lo <= hi + math.log(1.01):  # ranges that touch to 1% in L0 (BatchTopK's 9.99 against TopK's 10)
-        at = [(lo + hi) / 2]
     if not at:
         return {**ranges, "overlap": None}
     rows = [{"l0": math.exp(g), **{f"{k}_{side}": interp(pts, g, k) for k in ("fvu", "recovered", "mcc")
                                    for side, pts in (("ours", ours), ("ref", ref))}} for g in at]
+    return _diffs(ranges, lo, hi, rows)
+
+
+def _diffs(ranges: dict, lo: float, hi: float, rows: list) -> dict:
     d_fvu = [r["fvu_ours"] - r["fvu_ref"] for r in rows]
     d_rec = [r["recovered_ours"] - r["recovered_ref"] for r in rows]
     return {**ranges, "overlap": [math.exp(lo), math.exp(hi)], "matched": rows,
@@ -86,7 +98,8 @@ def report(root: Path, variants: dict, asked: list) -> dict:
         v = variants[name]
         refs = ([("SAELens " + v["peer"], curves.get(("saelens", v["peer"])))] if "peer" in v else []) + \
                ([("saeexp " + v["base"], curves.get(("saeexp", v["base"])))] if "base" in v else [])
-        comparisons[name] = {label: compare(ours, ref) for label, ref in refs if ref}
+        same_k = v["key"] == "model.k"  # a k-swept variant's references (topk, batchtopk) are swept over k too
+        comparisons[name] = {label: compare(ours, ref, same_k) for label, ref in refs if ref}
     _print(curves, comparisons, asked)
     plots = _plot(root, curves, variants, asked)
     out = {"curves": {f"{lib}/{name}": pts for (lib, name), pts in curves.items()}, "comparisons": comparisons,
@@ -115,7 +128,9 @@ def _print(curves, comparisons, asked) -> None:
                 print(f"  {name:22} vs {label:22} GAP: L0 {c['l0_range'][0]:.1f}-{c['l0_range'][1]:.1f} vs "
                       f"{c['ref_l0_range'][0]:.1f}-{c['ref_l0_range'][1]:.1f}, no overlap")
                 continue
-            print(f"  {name:22} vs {label:22} L0 {c['overlap'][0]:.1f}-{c['overlap'][1]:.1f}: FVU diff mean "
+            at = ("k " + ", ".join(f"{r['k']:g}" for r in c["matched"]) if "k" in c["matched"][0]
+                  else f"L0 {c['overlap'][0]:.1f}-{c['overlap'][1]:.1f}")
+            print(f"  {name:22} vs {label:22} {at}: FVU diff mean "
                   f"{c['fvu_diff_mean']:+.3f} max {c['fvu_diff_max']:+.3f}; recovered diff mean "
                   f"{c['rec_diff_mean']:+.3f} min {c['rec_diff_min']:+.3f}  {'meets' if c['meets'] else 'MISSES'}")
 
