@@ -120,8 +120,8 @@ def _print(curves, comparisons, asked) -> None:
             print(f"{lib:8} {name:22} {p['setting']:>8g} {p['seeds']:>5} {p['l0']:>7.1f} {p['fvu']:>7.3f} "
                   f"{p['l2_ratio']:>6.3f} {p['dead_frac']:>6.3f} {p['recovered']:>7.3f} {p['mcc']:>6.3f} "
                   f"{p['wall_seconds']:>6.0f}{cs}")
-    print("\nat matched L0 (linear in log L0, inside both curves' range, settings with FVU >= 1 left out;"
-          " diff = saeexp - reference):")
+    print("\nat matched L0 (linear in log L0, inside both curves' range, settings with FVU >= 1 left out; TopK"
+          " variants at the same k; diff = saeexp - reference):")
     for name in asked:
         for label, c in comparisons.get(name, {}).items():
             if c["overlap"] is None:
