@@ -36,7 +36,8 @@ CASES = {
 # quality"). JumpReLU `loss.l0=1e-1` / `3e-2`: L0 4.0 / 6.6, FVU 0.356 / 0.251, 214 / 235 of 512 latents dead,
 # recovered 0.605 / 0.359; SAELens' JumpReLU at the same coefficients (3.2 / 1 on its summed loss): L0 2.8 / 6.1,
 # FVU 0.403 / 0.256, 202 / 234 dead, recovered 0.711 / 0.395. `model.pre_act=1e-2` keeps latents alive but not
-# on the features (20 dead, 73 dense, recovered 0.28). BatchTopK k=8: 366 dead, 47 dense, recovered 0.035;
+# on the features (20 dead, 73 dense, recovered 0.28). BatchTopK k=8: 366 dead, 47 dense, recovered 0.035 (with
+# its 5-batch AuxK window since 4b84b07: 438 dead, 49 dense, 0.035);
 # SAELens' BatchTopK: 421 dead, 47 dense, recovered 0.035.
 GAPS = {
     "jumprelu": (["model=jumprelu", "loss.l0=1e-1"], 0.8),
