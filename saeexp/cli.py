@@ -8,6 +8,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+import saeexp.resolvers  # noqa: F401  (fraction_of, times: the config tree's arithmetic)
 from saeexp.errors import ConfigError, StorageError, TrainingDiverged
 
 # the config tree lives at the project's top level (`conf/`), next to the package
@@ -27,10 +28,6 @@ def run_name(override_dirname: str, *, _root_: DictConfig) -> str:
 
 
 OmegaConf.register_new_resolver("run_name", run_name, replace=True)
-# `${fraction_of:${train.tokens},0.2}`: a share of the run in tokens, so schedules follow train.tokens
-OmegaConf.register_new_resolver("fraction_of", lambda total, share: int(int(total) * float(share)), replace=True)
-# `${times:${data.d_in},16}`: a width as a multiple of the input dimension (an expansion factor)
-OmegaConf.register_new_resolver("times", lambda n, factor: int(int(n) * float(factor)), replace=True)
 
 
 def _fail(e: Exception) -> None:

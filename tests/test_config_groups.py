@@ -71,3 +71,24 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
 def test_groups_found():
     for g in ("model", "data", "loss", "ortho", "resampler", "optimizer", "trainer", "logger", "paths", "experiment"):
         assert g in GROUPS
+
+
+def test_every_model_builds_from_compose_without_the_console_script():
+    """A notebook composes conf/ with Hydra's compose API and calls `build`/`train` without importing
+    saeexp.cli: the tree's resolvers (`${times:...}`, `${fraction_of:...}`) must come with the trainer. In a
+    fresh process, since this suite's conftest imports saeexp.cli (bench/bench_variants.py broke on batchtopk's
+    `${times:...}` that way)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+from hydra import compose, initialize_config_dir
+from saeexp.train.run import build
+for m in {MODELS!r}:
+    with initialize_config_dir(config_dir={str(CONF)!r}, version_base="1.3"):
+        build(compose("config", ["model=" + m, "model.d_sae=64"]))
+assert "saeexp.cli" not in sys.modules
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]

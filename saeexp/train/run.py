@@ -11,6 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+import saeexp.resolvers  # noqa: F401  (the config tree's ${times:...}, ${fraction_of:...})
 from saeexp.checks import check_config
 from saeexp.errors import ConfigError, TrainingDiverged
 from saeexp.io import save_sae
