@@ -1,6 +1,7 @@
 """MLflow: the tracking URI, the run id kept in the run directory, flattened params."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -27,10 +28,36 @@ def artifact_location(tracking_uri: str) -> str | None:
     return None
 
 
+def ensure_experiment(tracking_uri: str, name: str) -> str:
+    """Create the MLflow experiment once: runs that all find it missing race to create it. On a SQLite store
+    under a lock next to the file, which the first run creates: MLflow migrates a new database's schema on
+    first use, and two runs started together on one failed there ('Online migration expected to match one
+    row'; two `saeexp` started side by side on a fresh runs folder)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from saeexp.lm.cache import exclusive_lock
+
+    lock = contextlib.nullcontext()
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        lock = exclusive_lock(db.with_name(db.name + ".lock"), f"the MLflow store {db}")
+    with lock:
+        client = MlflowClient(tracking_uri)
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location(tracking_uri))
+        except MlflowException:  # created meanwhile by someone else (a server's store)
+            return client.get_experiment_by_name(name).experiment_id
+
+
 def make_logger(cfg: DictConfig, run_dir: Path):
     """An MLFlowLogger bound to this run directory's MLflow run (created once, reused on resume)."""
     from hydra.utils import instantiate
 
+    ensure_experiment(str(cfg.logger.tracking_uri), str(cfg.logger.experiment_name))
     id_file = run_dir / "mlflow_run_id"
     run_id = id_file.read_text().strip() if id_file.exists() else None
     logger = instantiate(cfg.logger, run_id=run_id, artifact_location=artifact_location(cfg.logger.tracking_uri),

@@ -11,6 +11,8 @@ import time
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from saeexp.tracking import ensure_experiment
+
 log = logging.getLogger(__name__)
 
 
@@ -22,23 +24,6 @@ def prepare_data(data_cfg: dict) -> dict:
     source = instantiate(OmegaConf.create(data_cfg))
     source.prepare()
     return {"seconds": time.perf_counter() - t0, "describe": source.describe()}
-
-
-def ensure_experiment(tracking_uri: str, name: str) -> str:
-    """Create the sweep's MLflow experiment once, here: jobs that all find it missing race to create it."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        from saeexp.tracking import artifact_location
-
-        return client.create_experiment(name, artifact_location=artifact_location(tracking_uri))
-    except MlflowException:  # created meanwhile by someone else
-        return client.get_experiment_by_name(name).experiment_id
 
 
 def _has_cache(data_cfg) -> bool:
