@@ -43,8 +43,10 @@ def check_writable(path: Path, what: str) -> None:
 
 def check_tracking(uri: str) -> None:
     """A tracking server must answer its health check now; a SQLite store's directory must be writable."""
-    if uri.startswith("sqlite:///"):
-        check_writable(Path(uri[len("sqlite:///"):]).parent, "MLflow store directory")
+    from saeexp.tracking import sqlite_file
+
+    if sqlite_file(uri):
+        check_writable(sqlite_file(uri).parent, "MLflow store directory")
     elif uri.startswith(("http://", "https://")):
         from saeexp.redact import redact_text
 

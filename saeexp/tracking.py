@@ -19,13 +19,17 @@ def flatten(d, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def sqlite_file(tracking_uri: str) -> Path | None:
+    """The database file of a `sqlite:///...` store; None for a server."""
+    return Path(tracking_uri[len("sqlite:///"):]) if tracking_uri.startswith("sqlite:///") else None
+
+
 def artifact_location(tracking_uri: str) -> str | None:
     """Where a new experiment keeps artifacts: next to a SQLite store's file (MLflow's own default is
     ./mlruns under the current directory, which would put artifacts wherever the command ran, the repo
     root included); None for a server, which has its own artifact root."""
-    if tracking_uri.startswith("sqlite:///"):
-        return str(Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts")
-    return None
+    db = sqlite_file(tracking_uri)
+    return str(db.parent / "mlartifacts") if db else None
 
 
 def ensure_experiment(tracking_uri: str, name: str) -> str:
@@ -38,11 +42,8 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
 
     from saeexp.lm.cache import exclusive_lock
 
-    lock = contextlib.nullcontext()
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///"):])
-        lock = exclusive_lock(db.with_name(db.name + ".lock"), f"the MLflow store {db}")
-    with lock:
+    db = sqlite_file(tracking_uri)
+    with exclusive_lock(db.with_name(db.name + ".lock"), f"the MLflow store {db}") if db else contextlib.nullcontext():
         client = MlflowClient(tracking_uri)
         exp = client.get_experiment_by_name(name)
         if exp is not None:
