@@ -25,10 +25,9 @@ from pathlib import Path
 
 import torch
 
+from saeexp.configtree import CONF_DIR as CONF
 from saeexp.losses import MSE
 from saeexp.train.step import make_optimizer, manual_step
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 TARGETS = {"relu": None, "jumprelu": 0.8, "scsae": 0.8, "topk": 0.8, "batchtopk": 0.7, "gated": 0.6}
 

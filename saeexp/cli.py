@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import errno
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -11,8 +10,9 @@ from omegaconf import DictConfig, OmegaConf
 import saeexp.resolvers  # noqa: F401  (fraction_of, times: the config tree's arithmetic)
 from saeexp.errors import ConfigError, StorageError, TrainingDiverged
 
-# the config tree lives at the project's top level (`conf/`), next to the package
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+from saeexp.configtree import conf_dir
+
+CONF_DIR = conf_dir()  # the config tree inside the package (saeexp/configtree.py)
 
 
 def run_name(override_dirname: str, *, _root_: DictConfig) -> str:

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from saeexp.configtree import CONF_DIR as PACKAGE_CONF
 from saeexp.errors import ConfigError
-
-PACKAGE_CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
 def config_dirs(extra=()) -> list[Path]:

@@ -7,8 +7,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from saeexp.configtree import CONF_DIR as CONF  # the tree the installed package uses
+
 ROOT = Path(__file__).resolve().parent.parent
-CONF = ROOT / "conf"
 
 
 @pytest.fixture(scope="session", autouse=True)
