@@ -108,6 +108,7 @@ def test_inputs_drawn_in_proportion_to_squared_error():
 
     pick = resample_features(sae, torch.arange(8), x, generator=torch.Generator().manual_seed(0))
     assert (pick < 10).all()
+    assert len(set(pick.tolist())) == 8  # distinct inputs: no two dead features become clones
     assert rs.lr_factor(5) == 1.0  # no resample yet: no re-warm
 
 

@@ -43,11 +43,16 @@ def resample_features(sae, idx: Tensor, x_ND: Tensor, optimizer=None, enc_scale:
     # ||x - x_hat||^2 of each input under the current SAE (eval mode: no running statistics move)
     was_training = sae.training
     sae.eval()
+    # the reservoir is float32; the SAE's weights may be another dtype (trainer.precision=64-true, bf16-true)
+    x_ND = x_ND.to(sae.W_dec.dtype)
     err = torch.cat([(sae(x_ND[lo:lo + batch_size]).x_hat_BD - x_ND[lo:lo + batch_size]).pow(2).sum(dim=1)
                      for lo in range(0, x_ND.shape[0], batch_size)]).float()
     sae.train(was_training)
     weights = err if err.sum() > 0 else torch.ones_like(err)
-    pick = torch.multinomial(weights.cpu(), idx.numel(), replacement=True, generator=generator).to(device)
+    # distinct inputs when there are enough (as dictionary_learning's resampling): with replacement, two dead
+    # features can get the same input and become exact clones, which then tie in a TopK selection forever
+    distinct = int((weights > 0).sum()) >= idx.numel()
+    pick = torch.multinomial(weights.cpu(), idx.numel(), replacement=not distinct, generator=generator).to(device)
     dirs_ND = x_ND[pick].float()
     dirs_ND = dirs_ND / dirs_ND.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
