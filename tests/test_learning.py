@@ -1,4 +1,4 @@
-"""Every variant learns a planted dictionary through the user's entry point (`train(cfg)`, what `saeexp` runs).
+"""Every variant learns a planted dictionary through the user's entry point (`train_cfg(cfg)`, what `saeexp` runs).
 
 Realistic ratios, not a toy: 256 true directions in 32 dimensions (8x overcomplete truth), about 5 active per
 token with power-law frequencies, co-occurring pairs, magnitudes bounded away from zero, a little noise; the SAE
@@ -9,16 +9,14 @@ ratios while toy sizes still passed.
 import os
 
 import pytest
-
-from conftest import compose_cfg
-from saeexp.train.run import train
+from conftest import compose_cfg, train_cfg
 
 DATA = ["data.d_in=32", "data.n_features=256", "data.max_p=0.2", "data.alpha=0.5", "data.magnitude=exponential",
         "data.min_magnitude=0.5", "data.noise=0.02", "data.groups=16", "data.group_size=2", "data.group_p=0.005"]
 RECIPE = ["model.d_sae=512", "train.batch_size=2048", "optimizer.lr=4e-3", "train.tokens=1_200_000",
           "train.log_every=100", "train.checkpoint_every=100000"]
 # (variant overrides, recovered@0.9 at least). Measured on this set at these settings (one seed, 2026-12-01,
-# train(compose_cfg(DATA + RECIPE + overrides)) as the test runs it, gradient clipping on): relu+l1 9e-2 0.980
+# train_cfg(compose_cfg(DATA + RECIPE + overrides)) as the test runs it, gradient clipping on): relu+l1 9e-2 0.980
 # (L0 15.7, FVU 0.45), relu+l1_decoder_norm 1e-1 0.941 (L0 14.1, FVU 0.49; 0.746 before clipping), gated 2e-1
 # 0.938 (L0 3.3, FVU 0.40), topk 0.957 (FVU 0.16), scsae 0.980 (L0 6.0, FVU 0.37); jumprelu and batchtopk
 # below. With the first release's init relu+l1 recovered 0.05 of issue 8's set 1. The bars are
@@ -58,7 +56,7 @@ KNOWN_GAPS = os.environ.get("SAEEXP_KNOWN_GAPS") == "1"
     for c in GAPS)])
 def test_variant_recovers_planted_features(case, tmp_path):
     overrides, at_least = ALL[case]
-    result = train(compose_cfg(DATA + RECIPE + overrides, run_dir=tmp_path / "run"))
+    result = train_cfg(compose_cfg(DATA + RECIPE + overrides, run_dir=tmp_path / "run"))
     assert result["gt_recovered@0.9"] >= at_least, result
     assert result["fvu"] < 0.6, result       # it reconstructs too ...
     assert 1 <= result["l0"] <= 64, result  # ... sparsely
@@ -79,8 +77,8 @@ def test_synthetic_defaults_are_realistic():
 
 def test_a_run_that_did_not_learn_is_tagged_and_kept_off_frontiers():
     """FVU >= 1 at the end: the run stays FINISHED with a verdict; the report draws it but no frontier holds it."""
-    from saeexp.sweep.frontier import FVU, L0, aggregate, mark_frontiers
-    from saeexp.train.run import learning_verdict
+    from saeexp.report.frontier import FVU, L0, aggregate, mark_frontiers
+    from saeexp.report.score import learning_verdict
 
     assert learning_verdict({"fvu": 0.2}) is None
     assert learning_verdict({"fvu": 6e12}) == "failed:fvu=6e+12>=1"

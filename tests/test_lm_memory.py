@@ -1,7 +1,7 @@
 """Training from the activation cache keeps anonymous memory bounded by the buffer, not the cache size.
 
 Each run is a fresh process: the cache is built by a stand-in harvest (random activations, same files
-and reading path as data=lm), then `train(cfg)` runs on it while a thread samples RssAnon (memory
+and reading path as data=lm), then `train_cfg(cfg)` runs on it while a thread samples RssAnon (memory
 not backed by a file: a memory map's pages do not count, a copy of the cache in RAM would)."""
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ RUN = textwrap.dedent("""
                 return int(line.split()[1])
 
     from conftest import compose_cfg
-    from saeexp.train.run import train
+    from conftest import train_cfg
     n, run_dir = int(sys.argv[2]), sys.argv[3]
     cfg = compose_cfg(["model=relu", "data=lm", "data._target_=__main__.FakeLMSource", "data.d_in=64",
                        f"data.harvest_tokens={n}", "data.heldout_tokens=4096", "data.model_eval=false",
@@ -52,7 +52,7 @@ RUN = textwrap.dedent("""
         while not stop[0]:
             peak.append(anon_kb()); time.sleep(0.005)
     t = threading.Thread(target=sample, daemon=True); t.start()
-    train(cfg)
+    train_cfg(cfg)
     stop[0] = True; t.join()
     print("RESULT", json.dumps({"peak_kb": max(peak)}))
 """)

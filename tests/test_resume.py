@@ -3,10 +3,8 @@ import json
 
 import pytest
 import torch
+from conftest import SimulatedCrash, compose_cfg, train_cfg
 from safetensors.torch import load_file
-
-from conftest import SimulatedCrash, compose_cfg
-from saeexp.train.run import train
 
 COMMON = ["model.d_sae=64", "train.tokens=40960", "train.batch_size=512", "train.checkpoint_every=20",
           "train.log_every=10", "train.lr_decay_tokens=20480", "train.sparsity_warmup_tokens=10240",
@@ -18,18 +16,18 @@ COMMON = ["model.d_sae=64", "train.tokens=40960", "train.batch_size=512", "train
 def test_resume_matches_uninterrupted(extra, tmp_path):
     COMMON = [*globals()["COMMON"], *extra]
     full = compose_cfg(COMMON, run_dir=tmp_path / "full")
-    train(full)
+    train_cfg(full)
 
     cut = compose_cfg(COMMON + ["+callbacks.cut._target_=conftest.InterruptAt", "+callbacks.cut.step=47"],
                       run_dir=tmp_path / "cut")
     with pytest.raises(SimulatedCrash):
-        train(cut)
+        train_cfg(cut)
     ckpt = torch.load(tmp_path / "cut/checkpoints/last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 40  # the last periodic checkpoint before the interruption
     run_id = (tmp_path / "cut/mlflow_run_id").read_text()
 
     resumed = compose_cfg(COMMON, run_dir=tmp_path / "cut")
-    train(resumed)
+    train_cfg(resumed)
     assert (tmp_path / "cut/mlflow_run_id").read_text() == run_id  # same MLflow run
 
     a = load_file(str(tmp_path / "full/sae/sae.safetensors"))

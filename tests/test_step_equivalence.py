@@ -24,7 +24,6 @@ import types
 
 import pytest
 import torch
-
 from conftest import CONF, compose_cfg
 
 D, F, BATCH, STEPS, LR = 16, 256, 128, 50, 2e-2
@@ -56,19 +55,20 @@ CASES = {
                  {"decoder_norm": "free", "init_threshold": 1.0, "bandwidth": None, "kernel": "rectangle",
                   "threshold_param": "raw", "threshold_lr_scale": 1.0, "pre_act": 0.0, "dead_window_tokens": 50_000},
                  lambda: [__import__("saeexp.losses", fromlist=["L0"]).L0(1.0)], None),
-    "topk": (["model=topk", "model.k=4"], "saeexp.sae.TopKSAE",
-             {"decoder_norm": "unit", "k": 4, "auxk": 1 / 32, "k_aux": None, "dead_window_tokens": DEAD},
+    "topk": (["model=topk", "model.k=4", f"model.dead_window_tokens={DEAD}"], "saeexp.sae.TopKSAE",
+             {"decoder_norm": "unit", "k": 4, "auxk": 1 / 32, "k_aux": None, "dead_window_tokens": DEAD,
+              "dead_window_batches": None},
              list, None),
-    "batchtopk": (["model=batchtopk", "model.k=4", f"model.dead_window_tokens={DEAD}"], "saeexp.sae.BatchTopKSAE",
+    "batchtopk": (["model=batchtopk", "model.k=4", f"model.dead_window_tokens={DEAD}", "model.dead_window_batches=null"],
+                  "saeexp.sae.BatchTopKSAE",
                   {"decoder_norm": "unit", "k": 4, "threshold_momentum": 0.99, "auxk": 1 / 32, "k_aux": None,
-                   "dead_window_tokens": DEAD}, list, None),
+                   "dead_window_tokens": DEAD, "dead_window_batches": None}, list, None),
     "scsae": (["model=scsae", "loss.l1=1"], "saeexp.sae.SCSAE", {"decoder_norm": "unit"}, _l1, None),
     "relu+l1_decoder_norm": (["model=relu", "loss=l1_decoder_norm", "loss.l1=1"], "saeexp.sae.ReLUSAE",
                              {"decoder_norm": "free"},
                              lambda: [__import__("saeexp.losses", fromlist=["L1DecoderNorm"]).L1DecoderNorm(1.0)],
                              None),
-    "relu+ortho": (["model=relu", "loss.l1=1", "ortho=nearest", "loss.extra.ortho.refresh_every=7",
-                    "loss.extra.ortho.coef=0.1"], "saeexp.sae.ReLUSAE", {"decoder_norm": "unit"},
+    "relu+ortho": (["model=relu", "loss.l1=1", "ortho=nearest", "ortho.refresh_every=7", "ortho.coef=0.1"], "saeexp.sae.ReLUSAE", {"decoder_norm": "unit"},
                    lambda: _l1() + [__import__("saeexp.losses.ortho", fromlist=["x"]).DecoderOrthogonality(
                        coef=0.1, pairs="nearest", features="all", similarity="abs", margin=0.0, neighbours=8,
                        refresh_every=7, rerank_every=10)], None),
@@ -84,19 +84,18 @@ def test_every_model_config_has_a_reference_case():
 
 # --- the run under test: what `saeexp` builds from the config, trained by Lightning ----------------------------
 def lightning_run(case: str, tmp_path):
-    from hydra.utils import instantiate
+    from saeexp.build.plan import plan_run
+    from saeexp.jobs.train import prepare
 
-    from saeexp.train.run import prepare
-
-    cfg = compose_cfg([*CASES[case][0], *COMMON], run_dir=tmp_path / "run")
-    _, sae, scale, steps, module, dm, step_callbacks = prepare(cfg)
-    assert steps == STEPS
-    initial = copy.deepcopy(sae.state_dict())
-    trainer = instantiate(cfg.trainer, max_steps=steps, logger=False, callbacks=step_callbacks,
-                          enable_checkpointing=False, enable_progress_bar=False, default_root_dir=str(tmp_path))
-    trainer.fit(module, datamodule=dm)
-    assert trainer.global_step == STEPS and sae.W_dec.dtype == torch.float64
-    return initial, sae, scale, step_callbacks[0].resampler.history
+    plan = plan_run(compose_cfg([*CASES[case][0], *COMMON], run_dir=tmp_path / "run"))
+    ready = prepare(plan)
+    assert plan.schedule.steps == STEPS
+    initial = copy.deepcopy(plan.sae.state_dict())
+    trainer = plan.make_trainer(max_steps=STEPS, logger=False, callbacks=ready.step_callbacks,
+                                enable_checkpointing=False, enable_progress_bar=False, default_root_dir=str(tmp_path))
+    trainer.fit(ready.module, datamodule=ready.datamodule)
+    assert trainer.global_step == STEPS and plan.sae.W_dec.dtype == torch.float64
+    return initial, plan.sae, ready.input_scale, plan.resampler.history
 
 
 # --- the reference ---------------------------------------------------------------------------------------------
@@ -157,7 +156,7 @@ def reference_run(case: str, sae, scale: float):
             loss = loss + v
         if ctl is not None:
             ctl.observe(out.acts_BF, s)
-        sae.update_firing(out.acts_BF)
+        sae.update_firing(out.acts_BF.detach().amax(dim=0) > 0, x.shape[0])  # fired on some token
         opt.zero_grad(set_to_none=True)
         loss.backward()
         with torch.no_grad():

@@ -20,7 +20,9 @@ from torch import Tensor
 
 from saeexp.data.base import ActivationSource, ChunkedReader
 from saeexp.errors import ConfigError
+from saeexp.lm import cache, ce, corpus
 from saeexp.lm import model as lm_model
+from saeexp.lm.harvest import NpyWriter, harvest
 
 # the Debian documentation packages installed by scripts/setup-lm.sh
 DEBIAN_DOCS = (
@@ -79,8 +81,6 @@ class LMSource(ActivationSource):
     # --- the cache ------------------------------------------------------------------------------------
     def key(self) -> dict:
         """Everything that determines the cached activations; computed without loading the model."""
-        from saeexp.lm import corpus
-
         w = lm_model.resolve_weights(self.model, self.weights, self.cache_dir)
         self._weights = w
         return {"version": CACHE_VERSION, "model": self.model, "weights": w.identity,
@@ -94,8 +94,6 @@ class LMSource(ActivationSource):
     def prepare(self) -> None:
         if self._folder is not None:
             return
-        from saeexp.lm import cache
-
         self._folder, self._manifest = cache.ensure(self.cache_dir / "activations", self.key(), self._build,
                                                     what="activation cache")
         info = self._manifest["info"]
@@ -104,9 +102,6 @@ class LMSource(ActivationSource):
 
     def _build(self, tmp: Path) -> dict:
         """Harvest into `tmp`: held-out windows' tokens and activations, then the training activations."""
-        from saeexp.lm import corpus
-        from saeexp.lm.harvest import NpyWriter, harvest
-
         bridge = self.bridge()
         need = self.n_heldout_windows + self.n_train_windows
         texts = corpus.texts(self.corpus, self.corpus_split, self.corpus_column, self.streaming,
@@ -115,7 +110,8 @@ class LMSource(ActivationSource):
         windows = corpus.pack(texts, bridge.tokenizer, self.context_size, self.bos, need)
         if len(windows) < need:
             files, hub = corpus.resolve(self.corpus)
-            which = hub or ", ".join(str(f) for f in files[:5]) + (f" (+{len(files) - 5} more)" if len(files) > 5 else "")
+            more = f" (+{len(files) - 5} more)" if len(files) > 5 else ""
+            which = hub or ", ".join(str(f) for f in files[:5]) + more
             what = "is empty (no text)" if len(windows) == 0 else f"gives only {len(windows)} windows"
             raise ConfigError(f"data.corpus ({which}) {what}: need {need} windows of {self.context_size} "
                               "tokens for data.heldout_tokens + data.harvest_tokens")
@@ -191,8 +187,6 @@ class LMSource(ActivationSource):
         """
         if not self.provides_model_eval or self.ce_tokens == 0:
             return {}
-        from saeexp.lm import ce
-
         per = self.context_size - self.first
         windows = self.windows("heldout")[:max(1, math.ceil(self.ce_tokens / per))]
         mask_T = torch.arange(self.context_size) >= self.first

@@ -52,7 +52,7 @@ def resolve(corpus) -> tuple[list[Path] | None, str | None]:
 def identity(corpus, split: str, column: str, config: str | None, revision: str | None) -> str:
     """What fixes the corpus's content, without reading it: file paths, sizes and mtimes, or the hub name."""
     files, hub = resolve(corpus)
-    if hub is not None:
+    if hub is not None or files is None:
         return f"hub:{hub}:{config}:{split}:{column}@{revision}"
     stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     return f"files:{len(files)}:" + hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:24] + f":{column}"
@@ -78,7 +78,7 @@ def _pieces(batch: dict, column: str) -> dict:
 def texts(corpus, split: str = "train", column: str = "text", streaming: bool = False, seed: int = 0,
           config: str | None = None, revision: str | None = None, cache_dir: Path | None = None) -> Iterator[str]:
     """The corpus as a deterministic stream of text pieces, shuffled with `seed`."""
-    import datasets
+    import datasets  # noqa: PLC0415 - the `lm` extra, for data=lm only
 
     files, hub = resolve(corpus)
     kw = {"cache_dir": str(cache_dir) if cache_dir else None, "streaming": streaming}

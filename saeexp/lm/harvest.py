@@ -1,10 +1,12 @@
 """Run the model over token windows, stopping at the hook's layer, and stream the activations to disk."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from saeexp.errors import ConfigError
 from saeexp.lm.model import read_point
@@ -50,10 +52,6 @@ def open_npy(path: Path, dtype: str):
 def harvest(bridge, hook: str, windows_WT: np.ndarray, first: int, writer: NpyWriter, d_in: int,
             batch_windows: int = 32, desc: str = "harvest") -> float:
     """Write the activations at `hook` of positions [first:] of every window; returns tokens/s."""
-    import time
-
-    from tqdm.auto import tqdm
-
     name, stop = read_point(hook, getattr(bridge.cfg, "n_layers", None))
     got: list[torch.Tensor] = []
 

@@ -18,9 +18,11 @@ import sys
 import warnings
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from saeexp.errors import ConfigError
+
 
 @torch.no_grad()
 def reset_adam_rows(optimizer: torch.optim.Optimizer, param: Tensor, dim: int, idx: Tensor) -> None:
@@ -80,6 +82,8 @@ def resample_features(sae, idx: Tensor, x_ND: Tensor, optimizer=None, enc_scale:
 
 class AnthropicResampler(nn.Module):
     """Resample dead features at fractions `at` of the run; re-warm the LR over `rewarm_steps` afterwards."""
+
+    reservoir_ND: Tensor
 
     def __init__(self, at=(0.125, 0.25, 0.375, 0.5), window_tokens: int = 1_000_000, rewarm_steps: int = 2000,
                  enc_scale: float = 0.2, reservoir_tokens: int = 16384, reservoir_steps: int = 16, seed: int = 0):
@@ -187,8 +191,6 @@ class AnthropicResampler(nn.Module):
         resample_features(sae, dead, self.reservoir_ND[:self.filled], opt, self.enc_scale, gen)
         self.last_step = step
         self.history.append((step, int(dead.numel())))
-        from lightning.pytorch.utilities import rank_zero_info
-
         rank_zero_info(f"saeexp: resampled {dead.numel()} dead features after step {step + 1}")
         return int(dead.numel())
 
