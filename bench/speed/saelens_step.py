@@ -1,6 +1,6 @@
-"""SAELens' training step, timed like bench/bench_variants.py times saeexp's (run with SAELens' venv python).
+"""SAELens' training step, timed like bench/speed/bench_variants.py times saeexp's (run with SAELens' venv python).
 
-    PY=$(scripts/saelens-venv.sh); $PY bench/saelens_step.py --widths 4096 --variants relu topk
+    PY=$(scripts/saelens-venv.sh); $PY bench/speed/saelens_step.py --widths 4096 --variants relu topk
 
 One step is `SAETrainer.step(batch)`: SAELens' forward and losses, its dead-latent bookkeeping, backward,
 gradient clipping, Adam and the schedulers (what `fit()` does per batch, minus logging). The variants are
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # saeexp.train.memory: pure ctypes
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # saeexp.train.memory: pure ctypes
 
 COUNTERPART = {"relu": "standard", "jumprelu": "jumprelu", "topk": "topk"}
 

@@ -1,6 +1,6 @@
 """A peer library's trained SAE as plain tensors, so saeexp's metric code can score it (pure torch).
 
-Exported in raw-input space by bench/saelens_train.py: `peer.safetensors` (W_enc [D, F], b_enc, W_dec [F, D],
+Exported in raw-input space by bench/quality/saelens_train.py: `peer.safetensors` (W_enc [D, F], b_enc, W_dec [F, D],
 b_dec, and per kind: threshold [F]; W_mag, b_mag for gated) + `peer.json` ({"kind", "k", "apply_b_dec"}).
 Kinds: relu (SAELens standard), jumprelu (also SAELens' BatchTopK, saved as a JumpReLU), topk, gated.
 """

@@ -1,12 +1,12 @@
 """Lockstep: saeexp's SAE and SAELens' from identical weights on identical batches, step by step.
 
-Runs with the python of SAELens' venv, like bench/saelens_train.py:
+Runs with the python of SAELens' venv, like bench/quality/saelens_train.py:
 
     PY=$(scripts/saelens-venv.sh)
-    $PY bench/lockstep_saelens.py --arch jumprelu --coef 1            # both, divergence printed every 100 steps
-    $PY bench/lockstep_saelens.py --arch jumprelu --coef 1 --no-saelens --clip none   # saeexp alone, no clipping
+    $PY bench/diagnostics/lockstep_saelens.py --arch jumprelu --coef 1    # both, divergence every 100 steps
+    $PY bench/diagnostics/lockstep_saelens.py --arch jumprelu --coef 1 --no-saelens --clip none   # saeexp, no clip
 
-The data is the quality benchmark's set 1 (bench/quality_sets.py) in saeexp's `data=file` order for seed 0,
+The data is the quality benchmark's set 1 (bench/quality/quality_sets.py) in saeexp's `data=file` order for seed 0,
 with the benchmark's recipe: batch 4096, Adam lr 4e-3 with the last 20% decayed linearly, the coefficient
 warmed up over the first 5%. SAELens' side is its `training_forward_pass` with its trainer's step (clip the
 gradient norm at 1, Adam, clamp the threshold at 0). saeexp's side is the variant's module with saeexp's loss
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent), str(HERE)]
+sys.path[:0] = [str(HERE.parents[1]), str(HERE.parent / "quality")]
 
 from quality_sets import RECIPE, build, heldout  # noqa: E402
 from saeexp.data.file import FileSource  # noqa: E402

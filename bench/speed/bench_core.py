@@ -1,7 +1,7 @@
 """Training-step throughput of saeexp's own loop (Lightning) against a bare PyTorch loop and the matmul limit.
 
-    python bench/bench_core.py            # d_in 512, batch 4096, widths 4096 and 16384, fp32
-    python bench/bench_core.py --quick    # width 4096 only, fewer repeats
+    python bench/speed/bench_core.py            # d_in 512, batch 4096, widths 4096 and 16384, fp32
+    python bench/speed/bench_core.py --quick    # width 4096 only, fewer repeats
 
 Implementations, interleaved within each repeat (the median over repeats is kept, so machine load moves them
 together; quote the ratios, not the tokens/s):

@@ -1,15 +1,15 @@
 """Step throughput of every SAE variant as a fraction of the standard SAE's six-product limit.
 
-    python bench/bench_variants.py            # d_in 512, batch 4096, widths 4096 and 16384, fp32
-    python bench/bench_variants.py --quick    # width 4096 only, fewer repeats
-    python bench/bench_variants.py --saelens --variants relu jumprelu topk   # and tokens/s against SAELens
+    python bench/speed/bench_variants.py            # d_in 512, batch 4096, widths 4096 and 16384, fp32
+    python bench/speed/bench_variants.py --quick    # width 4096 only, fewer repeats
+    python bench/speed/bench_variants.py --saelens --variants relu jumprelu topk   # and tokens/s against SAELens
 
 The limit at a width is the time of the standard step's six matrix products (12 * B * d_in * width FLOPs) as
 bare `torch.mm` into preallocated buffers. A step is what the trainer does per batch, without Lightning:
 forward, every loss term (recon, the model's default penalty, its own auxiliary terms), backward, decoder-norm
 handling and a fused Adam step. Implementations are interleaved within each repeat and the median is kept,
 so machine load moves all of them together; quote the fractions, not the tokens/s.
-`--saelens` also times SAELens' counterparts of relu, jumprelu and topk (bench/saelens_step.py, in SAELens'
+`--saelens` also times SAELens' counterparts of relu, jumprelu and topk (bench/speed/saelens_step.py, in SAELens'
 venv from scripts/saelens-venv.sh, under the same allocator settings), alternating with saeexp's in rounds,
 and prints saeexp's tokens/s over SAELens'.
 """
@@ -113,7 +113,7 @@ def saelens_ratios(a, width: int, reps: int, res: dict) -> dict:
     """Alternate saeexp's and SAELens' steps in rounds; print the medians' tokens/s ratio per variant."""
     peers = [v for v in ("relu", "jumprelu", "topk") if v in a.variants]
     here = Path(__file__).resolve().parent
-    py = subprocess.run([str(here.parent / "scripts" / "saelens-venv.sh")], check=True, text=True,
+    py = subprocess.run([str(here.parents[1] / "scripts" / "saelens-venv.sh")], check=True, text=True,
                         stdout=subprocess.PIPE).stdout.strip()
     ours, theirs = [res], []
     for r in range(a.rounds):

@@ -1,15 +1,15 @@
 """Quality benchmark (issue 8): every saeexp variant against SAELens' trainer on ground-truth synthetic data.
 
-    python bench/bench_quality.py                       # set 1, every variant, its settings, 3 seeds, both libraries
-    python bench/bench_quality.py --seeds 1 --tokens 400000 --variants topk,jumprelu   # a quick look
-    python bench/bench_quality.py --set 2 --device cuda # set 2 in full (on CPU: one setting per variant)
-    python bench/bench_quality.py --variants relu+l1 --settings 1e-2,3e-2 --saeexp-only
+    python bench/quality/bench_quality.py            # set 1, every variant, its settings, 3 seeds, both libraries
+    python bench/quality/bench_quality.py --seeds 1 --tokens 400000 --variants topk,jumprelu   # a quick look
+    python bench/quality/bench_quality.py --set 2 --device cuda   # set 2 in full (on CPU: one setting per variant)
+    python bench/quality/bench_quality.py --variants relu+l1 --settings 1e-2,3e-2 --saeexp-only
 
 saeexp trains through its CLI (`saeexp data=file data.path=...`, a subprocess importing this checkout);
-SAELens through its own `SAETrainer` in its venv (bench/saelens_train.py). Same file, same batches in the same
+SAELens through its own `SAETrainer` in its venv (bench/quality/saelens_train.py). Same file, same batches in the same
 order, same batch size, lr schedule and token budget. Both SAEs are scored by saeexp's metric code on the
 held-out rows (L0, FVU, L2 ratio, dead fraction, recovered@0.9, MCC); set 1 also by SAELens' own
-`sae_lens.synthetic` evaluation (bench/saelens_eval.py). A finished run (its score.json) is never redone:
+`sae_lens.synthetic` evaluation (bench/quality/saelens_eval.py). A finished run (its score.json) is never redone:
 a rerun only fills gaps, so delete a run's folder (or the variant's) to train it again after a fix.
 Results: OUT/set<N>-<tokens>/results.json, the comparison table on stdout, one PNG per variant + overlay.
 """
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+REPO = HERE.parents[1]
 sys.path[:0] = [str(REPO), str(HERE)]
 
 import quality_report  # noqa: E402
@@ -161,7 +161,7 @@ def main(argv=None) -> None:
     ap.add_argument("--peer-settings", default=None, help="the same for the SAELens architectures asked")
     ap.add_argument("--tokens", type=int, default=None, help="training tokens (default: the set's budget)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    ap.add_argument("--out", type=Path, default=HERE / "out")
+    ap.add_argument("--out", type=Path, default=HERE.parent / "out")  # bench/out/, git-ignored
     ap.add_argument("--saeexp-only", action="store_true")
     ap.add_argument("--peer-only", action="store_true")
     ap.add_argument("--redo", action="store_true",

@@ -1,7 +1,7 @@
 """What the decoder-orthogonality term (neighbour-list mode) adds to a training step.
 
-    python bench/bench_ortho.py             # d_in 512, batch 4096, width 16384, fp32 (the issue's target: <= 15%)
-    python bench/bench_ortho.py --quick     # width 4096, fewer repeats
+    python bench/speed/bench_ortho.py             # d_in 512, batch 4096, width 16384, fp32 (the issue's target: <= 15%)
+    python bench/speed/bench_ortho.py --quick     # width 4096, fewer repeats
 
 A step is the standard SAE's (forward, recon + L1, backward, decoder-norm handling, fused Adam), as in
 bench_variants.py. The ortho step adds the term (`pairs=nearest`, m neighbours) with its per-step cost, and the

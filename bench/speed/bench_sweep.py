@@ -1,7 +1,7 @@
 """What the sweep machinery costs: a 4-job sweep run serially on the local SLURM cluster, against the same four
 jobs run one after another directly on this host (`saeexp <overrides>`, no SLURM, no submitit).
 
-    python bench/bench_sweep.py --tokens 2000000        # jobs of about two minutes each on a 2-core box
+    python bench/speed/bench_sweep.py --tokens 2000000        # jobs of about two minutes each on a 2-core box
 
 Both arms log to the same real MLflow server (scripts/mlflow-server.sh), one thread per job (OMP_NUM_THREADS=1),
 array parallelism 1. Overhead = sweep wall time / sum of direct wall times - 1 (target: under 10%). The harvest

@@ -1,10 +1,11 @@
 """A diagnostic Lightning callback: b_dec and the code's statistics along a run, on each step's own batch.
 
-    PYTHONPATH=bench saeexp ... +callbacks.trace._target_=bdec_trace.BdecTrace +callbacks.trace.path=trace.json
+    PYTHONPATH=bench/diagnostics saeexp ... +callbacks.trace._target_=bdec_trace.BdecTrace \
+        +callbacks.trace.path=trace.json
 
 Every `every` steps (and the first five) it appends, for the step's scaled batch x: |b_dec|, |mean x|,
 |b_dec - mean x|, cos(b_dec, mean x), L0, FVU, |mean residual|, latents firing on > 30% of the batch, latents
-silent on it, and the mean decoder-row norm (all and live). The README's "Training quality" quotes its figures
+silent on it, and the mean decoder-row norm (all and live). docs/training-quality.md quotes its figures
 for the b_dec init. Not part of saeexp: a bench tool.
 """
 import json

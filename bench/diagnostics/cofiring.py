@@ -1,13 +1,13 @@
 """How the latents that sit on a true feature (best decoder cosine > 0.9) fire on set 1's held-out rows.
 
-    python bench/results/lm-bdec-2026-12-02/cofiring.py SAE_DIR ...
+    python bench/diagnostics/cofiring.py SAE_DIR ...
 """
 import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "quality"))
 import quality_sets  # noqa: E402
 
 import saeexp  # noqa: E402

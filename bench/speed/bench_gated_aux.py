@@ -1,6 +1,6 @@
 """Step time of the gated SAE with the auxiliary term training the decoder (the default) or not (the paper's).
 
-    python bench/bench_gated_aux.py   # seconds per step in each round, and the ratio of the minima
+    python bench/speed/bench_gated_aux.py   # seconds per step in each round, and the ratio of the minima
 
 d_in 512, batch 4096, width 4096, fp32, 2 threads; the step is `saeexp.train.step.manual_step` (the loss terms,
 the unit-norm decoder's handling, firing bookkeeping), timed over 5 steps after 3 warm-up steps, 3 rounds.

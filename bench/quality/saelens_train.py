@@ -1,9 +1,9 @@
 """Train one SAE with SAELens' own trainer on a quality-benchmark data file, export it for saeexp's metrics.
 
-Runs with the python of SAELens' venv (`scripts/saelens-venv.sh` prints it); bench/bench_quality.py calls it.
+Runs with the python of SAELens' venv (`scripts/saelens-venv.sh` prints it); bench/quality/bench_quality.py calls it.
 
     PY=$(scripts/saelens-venv.sh)
-    $PY bench/saelens_train.py --data DATA.npy --d-in 64 --width 1024 --arch standard --coef 2 --seed 0 \
+    $PY bench/quality/saelens_train.py --data DATA.npy --d-in 64 --width 1024 --arch standard --coef 2 --seed 0 \
         --tokens 3600000 --out DIR
 
 The batches are saeexp's own `data=file` stream for the same seed (saeexp.data.file is pure torch/numpy,
@@ -11,7 +11,7 @@ imported from this checkout), so both libraries see the same tokens in the same 
 architecture defaults; the batch, the lr schedule (constant, linear decay to 0 over the last `decay_frac`,
 no warm-up) and the sparsity-coefficient warm-up are set to the benchmark's. SAELens clips the gradient norm
 at 1 and does not normalise inputs (the data file is already at E||x|| = sqrt(d_in)).
-Writes DIR/peer.safetensors + peer.json (bench/peer_sae.py) after checking that the export reproduces
+Writes DIR/peer.safetensors + peer.json (bench/quality/peer_sae.py) after checking that the export reproduces
 SAELens' own inference forward.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent), str(HERE)]  # saeexp's data reader and bench/peer_sae.py
+sys.path[:0] = [str(HERE.parents[1]), str(HERE)]  # saeexp's data reader and peer_sae.py
 
 from peer_sae import PeerSAE, save_peer  # noqa: E402
 from saeexp.data.file import FileSource  # noqa: E402

@@ -1,6 +1,6 @@
 """Where each run's b_dec ended, against the held-out activations' geometric median (in scaled units).
 
-    python bench/results/lm-bdec-2026-12-02/bdec_distance.py ~/.cache/saeexp/activations/<key> RUN_DIR ...
+    python bench/diagnostics/bdec_distance.py ~/.cache/saeexp/activations/<key> RUN_DIR ...
 """
 import json
 import sys

@@ -1,7 +1,7 @@
 """Harvest throughput against the bare model forward to the same layer, cache read rate against the
 training step, and peak anonymous memory training from a cache and from one five times larger.
 
-    python bench/bench_harvest.py [--rounds 3] [--batches 4] [--skip-memory]
+    python bench/speed/bench_harvest.py [--rounds 3] [--batches 4] [--skip-memory]
 
 Measurements of the two sides of each comparison are interleaved in rounds (machine load moves
 absolute speeds; the ratio is what to quote). Needs scripts/setup-lm.sh.
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 sys.path.insert(0, str(ROOT))
 SMOLLM, HOOK, LAYER = "HuggingFaceTB/SmolLM2-135M-Instruct", "blocks.3.hook_resid_pre", 3
 

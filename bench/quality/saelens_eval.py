@@ -1,8 +1,8 @@
 """Cross-check: score trained SAEs (saeexp's and SAELens') with SAELens' own `sae_lens.synthetic` evaluation.
 
-Runs with the python of SAELens' venv; bench/bench_quality.py calls it on set 1's run folders:
+Runs with the python of SAELens' venv; bench/quality/bench_quality.py calls it on set 1's run folders:
 
-    $PY bench/saelens_eval.py --spec SET_DIR RUN_DIR...
+    $PY bench/quality/saelens_eval.py --spec SET_DIR RUN_DIR...
 
 `eval_sae_on_synthetic_data` is fed the benchmark's held-out rows exactly (x, with its noise) and their true
 activations, through a FeatureDictionary holding the truth directions. Writes RUN_DIR/saelens_eval.json.
@@ -22,7 +22,7 @@ import torch
 import yaml
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent), str(HERE)]
+sys.path[:0] = [str(HERE.parents[1]), str(HERE)]
 
 from peer_sae import load_peer  # noqa: E402
 
@@ -40,7 +40,7 @@ def load_saeexp(folder: Path):
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--spec", required=True, help="the set's cache folder (bench/quality_sets.py)")
+    ap.add_argument("--spec", required=True, help="the set's cache folder (bench/quality/quality_sets.py)")
     ap.add_argument("folders", nargs="+")
     a = ap.parse_args(argv)
     from sae_lens.synthetic.evals import eval_sae_on_synthetic_data
