@@ -19,10 +19,10 @@ test: install
 	bash scripts/test.sh $(PYTEST_ARGS)
 
 bench: install
-	$(PY) bench/bench_core.py
-	$(PY) bench/bench_variants.py
-	$(PY) bench/bench_ortho.py
-	$(PY) bench/bench_harvest.py
+	$(PY) bench/speed/bench_core.py
+	$(PY) bench/speed/bench_variants.py
+	$(PY) bench/speed/bench_ortho.py
+	$(PY) bench/speed/bench_harvest.py
 
 bench-sweep: install   # about 20 minutes: four two-minute jobs, serially on the local SLURM cluster
-	$(PY) bench/bench_sweep.py --tokens 4000000
+	$(PY) bench/speed/bench_sweep.py --tokens 4000000

@@ -77,7 +77,7 @@ def test_groups_found():
 def test_every_model_builds_from_compose_without_the_console_script():
     """A notebook composes conf/ with Hydra's compose API and calls `build`/`train` without importing
     saeexp.cli: the tree's resolvers (`${times:...}`, `${fraction_of:...}`) must come with the trainer. In a
-    fresh process, since this suite's conftest imports saeexp.cli (bench/bench_variants.py broke on batchtopk's
+    fresh process, since this suite's conftest imports saeexp.cli (bench/speed/bench_variants.py broke on batchtopk's
     `${times:...}` that way)."""
     import subprocess
     import sys

@@ -29,13 +29,13 @@ CASES = {
     "scsae": (["model=scsae", "loss.l1=6e-2"], 0.8),
 }
 # JumpReLU and BatchTopK lose many latents early and recover too few of the features at this budget; SAELens
-# 6.54.12's own trainers (bench/saelens_train.py, this data written to a file, same batch and schedule, scored by
-# saeexp's metrics) end the same way, so these are the methods on this data, not port defects (README "Training
-# quality"). JumpReLU `loss.l0=1e-1` / `3e-2`: L0 4.0 / 6.6, FVU 0.356 / 0.251, 214 / 235 of 512 latents dead,
-# recovered 0.605 / 0.359; SAELens' JumpReLU at the same coefficients (3.2 / 1 on its summed loss): L0 2.8 / 6.1,
-# FVU 0.403 / 0.256, 202 / 234 dead, recovered 0.711 / 0.395. `model.pre_act=1e-2` keeps latents alive but not
-# on the features (20 dead, 73 dense, recovered 0.28). BatchTopK k=8: 366 dead, 47 dense, recovered 0.035 (with
-# its 5-batch AuxK window since 4b84b07: 438 dead, 49 dense, 0.035);
+# 6.54.12's own trainers (bench/quality/saelens_train.py, this data written to a file, same batch and schedule,
+# scored by saeexp's metrics) end the same way, so these are the methods on this data, not port defects
+# (docs/training-quality.md). JumpReLU `loss.l0=1e-1` / `3e-2`: L0 4.0 / 6.6, FVU 0.356 / 0.251, 214 / 235 of 512
+# latents dead, recovered 0.605 / 0.359; SAELens' JumpReLU at the same coefficients (3.2 / 1 on its summed loss):
+# L0 2.8 / 6.1, FVU 0.403 / 0.256, 202 / 234 dead, recovered 0.711 / 0.395. `model.pre_act=1e-2` keeps latents
+# alive but not on the features (20 dead, 73 dense, recovered 0.28). BatchTopK k=8: 366 dead, 47 dense, recovered
+# 0.035 (with its 5-batch AuxK window since 4b84b07: 438 dead, 49 dense, 0.035);
 # SAELens' BatchTopK: 421 dead, 47 dense, recovered 0.035.
 GAPS = {
     "jumprelu": (["model=jumprelu", "loss.l0=1e-1"], 0.8),
@@ -46,7 +46,8 @@ ALL = {**CASES, **GAPS}
 
 # The gaps run on request only (`SAEEXP_KNOWN_GAPS=1`; with `--runxfail` they print their figures): a non-strict
 # expected failure could never fail, and these two cost 1.5 minutes of every `make test`. Asked for, they are strict:
-# one that starts passing fails, so the gap is seen to close. bench/bench_quality.py reports both against SAELens.
+# one that starts passing fails, so the gap is seen to close. bench/quality/bench_quality.py reports both against
+# SAELens.
 KNOWN_GAPS = os.environ.get("SAEEXP_KNOWN_GAPS") == "1"
 
 

@@ -83,8 +83,9 @@ def test_a_new_variant_is_one_py_and_one_yaml(user_dir, tmp_path, one_thread):
     HydraConfig.instance().cfg = None
     with pytest.raises(ConfigError, match="shifted"):
         saeexp.load_sae(sae_dir)
-    bench = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_variants.py"), "--config-dir", str(conf),
-                            "--variants", "shifted", "--widths", "128", "--d-in", "16", "--batch", "256",
-                            "--repeats", "1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    bench = subprocess.run([sys.executable, str(ROOT / "bench" / "speed" / "bench_variants.py"),
+                            "--config-dir", str(conf), "--variants", "shifted", "--widths", "128", "--d-in", "16",
+                            "--batch", "256", "--repeats", "1"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=600)
     assert bench.returncode == 0, bench.stderr[-2000:]
     assert any(line.split()[:2] == ["shifted", "128"] for line in bench.stdout.splitlines()), bench.stdout
