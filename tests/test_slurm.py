@@ -33,7 +33,9 @@ def services(tmp_path_factory):
 @pytest.fixture
 def env(services, tmp_path):
     # one thread per job: tiny models on a 2-core box run ~6x faster than with torch's default pool
-    return {**os.environ, **services, "SAEEXP_RUNS": str(tmp_path / "runs"), "OMP_NUM_THREADS": "1"}
+    tests = str(Path(__file__).resolve().parent)  # the jobs import the fault injector from tests/faults.py
+    return {**os.environ, **services, "SAEEXP_RUNS": str(tmp_path / "runs"), "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)}
 
 
 def sweep(env, cwd, *args, timeout=300, wait=True):

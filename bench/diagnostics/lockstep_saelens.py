@@ -107,7 +107,7 @@ def main(argv=None) -> None:
         clip_grad(ours, clip)
         opt_o.step()
         opt_o.zero_grad()
-        ours.update_firing(out.acts_BF)  # dead-latent bookkeeping (JumpReLU's pre-activation loss reads it)
+        ours.update_firing(out.fired_F(), out.acts_BF.shape[0])  # dead-latent bookkeeping (JumpReLU's pre-activation loss reads it)
         if a.saelens:
             peer_out = peer.training_forward_pass(TrainStepInput(
                 sae_in=x, dead_neuron_mask=since_fired > 1000, coefficients={key: a.coef * warm_f},

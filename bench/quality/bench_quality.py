@@ -36,7 +36,7 @@ from peer_sae import load_peer  # noqa: E402
 from saeexp import metrics as M  # noqa: E402
 
 # the console script users run (with PYTHONPATH, it imports this checkout), or the same entry point
-SAEEXP = [shutil.which("saeexp")] if shutil.which("saeexp") else [sys.executable, "-c", "from saeexp.cli import main; main()"]
+SAEEXP = [shutil.which("saeexp")] if shutil.which("saeexp") else [sys.executable, "-c", "from saeexp.cli.train import main; main()"]
 # variant -> saeexp overrides, the swept key and its default settings (L0 roughly 5-60 on set 1), and what it
 # is compared with: a SAELens architecture (`peer`) or another saeexp variant (`base`)
 L1_GRID = [1e-2, 3e-2, 1e-1, 3e-1]  # factor 3 apart: after a training fix the L0 response moves, the grid still spans

@@ -14,11 +14,13 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from saeexp.sweep.services import mlflow_server, slurm_cluster
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))  # the test suite's service starters
+from services import mlflow_server, slurm_cluster  # noqa: E402
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ def make(name: str, d_in: int, width: int, k: int, dead_frac: float, config_dir:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import get_class
 
-    from saeexp.train.run import build
+    from saeexp.build.plan import plan_run
 
     overrides = [f"model={name}", f"data.d_in={d_in}", f"model.d_sae={width}"]
     if config_dir:
@@ -55,7 +55,8 @@ def make(name: str, d_in: int, width: int, k: int, dead_frac: float, config_dir:
         cfg = compose("config", overrides)
         if get_class(cfg.model._target_).sparsity_control == "k":
             cfg = compose("config", overrides + [f"model.k={k}"])
-    _, sae, penalties, *_ = build(cfg)
+    plan = plan_run(cfg)
+    sae, penalties = plan.sae, plan.penalties
     sae.dead_F = torch.rand(width, generator=torch.Generator().manual_seed(1)) < dead_frac
     return sae, penalties
 
