@@ -5,7 +5,7 @@ PY ?= python3
 CONSTRAINT := $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints/cpu.txt)
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench bench-sweep
+.PHONY: install check demo test bench bench-sweep
 
 install:
 	$(PY) -m pip install -q $(CONSTRAINT) -e '.[lm,dev]'
@@ -15,7 +15,12 @@ install:
 demo: install
 	bash scripts/demo.sh
 
+# the static checks: ruff, the layer contracts (lint-imports), mypy; `make test` runs them first
+check:
+	bash scripts/check.sh
+
 test: install
+	bash scripts/check.sh
 	bash scripts/test.sh $(PYTEST_ARGS)
 
 bench: install

@@ -63,7 +63,7 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
                 _build(cfg)
             continue
         p = _build(cfg)
-        source, sae, penalties, resampler = p.source, p.sae, p.penalties, p.resampler
+        sae = p.sae
         instantiate(cfg.optimizer)(params=sae.parameters())
         instantiate(cfg.trainer, logger=False) if group == "trainer" and option == "cpu" else None
         assert sae.d_sae == 64

@@ -7,7 +7,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from saeexp.features import stats as S
 from saeexp.features.html import render
@@ -67,9 +66,9 @@ def test_a_token_text_cannot_close_the_script():
     (True, False, "RUN", True), (False, False, "RUN", False), (True, False, "MULTIRUN", False),
     (True, True, "MULTIRUN", True)])
 def test_dashboard_runs_for_single_runs_unless_turned_off(monkeypatch, enabled, in_sweeps, mode, want):
+    from conftest import compose_cfg
     from hydra.core.hydra_config import HydraConfig
 
-    from conftest import compose_cfg
     from saeexp.build.plan import plan_run
 
     cfg = compose_cfg([f"features.enabled={enabled}", f"features.in_sweeps={in_sweeps}", "model.d_sae=32"])

@@ -8,10 +8,10 @@ import torch
 from conftest import compose_cfg
 from omegaconf import OmegaConf
 
+from saeexp.build.saved import plan_finetune
 from saeexp.data.synthetic import SyntheticSource
 from saeexp.errors import ConfigError
 from saeexp.io import load_meta, load_sae, save_sae
-from saeexp.build.saved import plan_finetune
 from saeexp.jobs.finetune import METHODS, ScaledSAE, finetune, finetune_saved
 from saeexp.losses import L1, MSE
 from saeexp.metrics import evaluate

@@ -150,7 +150,7 @@ def test_one_override_adds_the_term_alongside_the_penalty(option, tmp_path):
 
     cfg = compose_cfg([f"ortho={option}", "ortho.coef=0.25", "model.d_sae=64"], run_dir=tmp_path)
     p = plan_run(cfg)
-    sae, penalties = p.sae, p.penalties
+    penalties = p.penalties
     names = [p.name for p in penalties]
     assert names[0] == "l1" and "ortho" in names
     ortho = penalties[names.index("ortho")]
@@ -171,7 +171,7 @@ def test_dec_mmcs_is_logged_during_training(tmp_path, one_thread):
     cfg = compose_cfg(["model.d_sae=32", "train.tokens=6144", "train.batch_size=256", "ortho=nearest"],
                       run_dir=tmp_path)
     p = plan_run(cfg)
-    source, sae, penalties, resampler = p.source, p.sae, p.penalties, p.resampler
+    source, sae, penalties = p.source, p.sae, p.penalties
     batch_size, steps = p.schedule.batch_size, p.schedule.steps
     module = SAEModule(sae, penalties, instantiate(cfg.optimizer), total_steps=steps, log_every=1)
     seen = []

@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parents[1]), str(HERE.parent / "quality")]
 
 from quality_sets import RECIPE, build, heldout  # noqa: E402
+
 from saeexp.data.file import FileSource  # noqa: E402
 from saeexp.losses import L0, L1DecoderNorm  # noqa: E402
 from saeexp.losses.recon import MSE  # noqa: E402

@@ -33,6 +33,7 @@ sys.path[:0] = [str(REPO), str(HERE)]
 import quality_report  # noqa: E402
 import quality_sets  # noqa: E402
 from peer_sae import load_peer  # noqa: E402
+
 from saeexp import metrics as M  # noqa: E402
 
 # the console script users run (with PYTHONPATH, it imports this checkout), or the same entry point

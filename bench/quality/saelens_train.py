@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parents[1]), str(HERE)]  # saeexp's data reader and peer_sae.py
 
 from peer_sae import PeerSAE, save_peer  # noqa: E402
+
 from saeexp.data.file import FileSource  # noqa: E402
 
 ARCHS = ("standard", "gated", "jumprelu", "topk", "batchtopk")

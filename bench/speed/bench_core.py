@@ -32,10 +32,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from bench_variants import make_limit
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 
-from bench_variants import make_limit
 from saeexp.data.base import ActivationSource
 from saeexp.losses import L1
 from saeexp.sae import ReLUSAE

@@ -26,9 +26,10 @@ SMOLLM, HOOK, LAYER = "HuggingFaceTB/SmolLM2-135M-Instruct", "blocks.3.hook_resi
 
 
 def _windows(n: int, T: int = 128) -> np.ndarray:
+    from transformers import AutoTokenizer
+
     from saeexp.data.lm import DEBIAN_DOCS
     from saeexp.lm import corpus
-    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(_plain_folder())
     files = [DEBIAN_DOCS[1]]  # the Python docs: enough text for a benchmark, quick to load

@@ -28,9 +28,10 @@ from saeexp.util.slurm import slurm_job_id
 
 
 def make(node, **kwargs):
-    """hydra.utils.instantiate, but a ConfigError raised by a constructor surfaces as itself (one clear line)."""
+    """hydra.utils.instantiate, with every argument converted to plain dicts and lists (nothing built from the config
+    holds a piece of it), and a ConfigError raised by a constructor surfacing as itself (one clear line)."""
     try:
-        return instantiate(node, **kwargs)
+        return instantiate(node, _convert_="all", **kwargs)
     except InstantiationException as e:
         cause = e.__cause__
         while cause is not None and not isinstance(cause, ConfigError):
