@@ -35,6 +35,17 @@ class ActivationSource:
         """An endless, deterministic stream of training batches, float32 [batch_size, d_in]."""
         raise NotImplementedError
 
+    # --- data parallelism (trainer=ddp; added for multi-device training) -----------------------------------------
+    def shard_batches(self, batch_size: int, seed: int, start: int, rank: int, world: int) -> Iterator[Tensor]:
+        """Rank `rank`'s share of every global batch of `batches(batch_size, ...)`: rows [rank b, (rank + 1) b),
+        b = batch_size / world. So the ranks together step on exactly the batches one process would (each
+        rank reads whole batches and keeps its slice). A source that can make its share without the rest (a
+        stream whose ranks each run their part of the model) overrides this; a run then equals one process's
+        only if the shards, in rank order, still make up the global batch."""
+        b = batch_size // world
+        for batch in self.batches(batch_size, seed, start):
+            yield batch[rank * b:(rank + 1) * b]
+
     def truth(self) -> Tensor | None:
         """Ground-truth unit-norm feature directions [n_features, d_in], when known (synthetic data)."""
         return None

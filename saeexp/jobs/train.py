@@ -24,6 +24,7 @@ from saeexp.train.callbacks import RunCheckpoint, TokensProgressBar, verify_chec
 from saeexp.train.datamodule import ActivationDataModule
 from saeexp.train.lock import RunLock
 from saeexp.train.module import SAEModule
+from saeexp.util import ranks
 from saeexp.util.redact import redact_text
 
 
@@ -80,10 +81,14 @@ def train(plan: RunPlan) -> dict:
     """Train (or resume, or return the finished result of) the run in `plan.run_dir`.
 
     One process at a time per run directory (saeexp.train.lock): a second one refuses with RunLocked.
+    Data-parallel (trainer=ddp), rank 0 is that process: it holds the lock and the MLflow run, writes the
+    checkpoint and the results; the other ranks only step (`_train_rank`).
     """
     if plan.run_dir is None:
         raise ConfigError("paths.run_dir is not set: expected the run's directory (set by the `saeexp` command; "
                           "composing the config yourself, pass paths.run_dir=DIR)")
+    if not ranks.launched_rank_zero():
+        return _train_rank(plan, plan.run_dir)
     with RunLock(plan.run_dir):
         return _train(plan, plan.run_dir)
 
@@ -106,32 +111,58 @@ def _train(plan: RunPlan, run_dir: Path) -> dict:
         return result
 
     ready = prepare(plan)
-    s = plan.schedule
     if ckpt.exists():
         verify_checkpoint(ckpt)
     logger = open_run(plan.tracking, run_dir)
     log_config(logger, plan.tracking, run_dir)
     if old_run_id and old_run_id != logger.run_id:  # its MLflow run is superseded
         mark_orphaned(logger.experiment, old_run_id, f"overwritten by run {logger.run_id}")
-    saver = RunCheckpoint(ckpt, s.checkpoint_every, s.log_every)
-    # the step's own callbacks first: a resample happens before any checkpoint sees the weights
-    callbacks = [*ready.step_callbacks, saver, TokensProgressBar(s.batch_size), *plan.callbacks]
-    trainer: L.Trainer = plan.make_trainer(max_steps=s.steps, logger=logger, callbacks=callbacks,
-                                           default_root_dir=str(run_dir), enable_checkpointing=False)
     try:
-        # weights_only: a checkpoint never unpickles code, whatever the torch version's default
-        trainer.fit(ready.module, datamodule=ready.datamodule, ckpt_path=str(ckpt) if ckpt.exists() else None,
-                    weights_only=True)
-        # interrupted, or stopped early by a callback (preempted: saeexp.train.preemption): the checkpoint is
-        # saved; the requeued job resumes
-        if trainer.interrupted or trainer.global_step < s.steps:
-            return {"interrupted": True, "step": trainer.global_step}
-        saver.save(trainer)
+        _, stopped = _fit(plan, ready, run_dir, logger)
+        if stopped:
+            return stopped
     except Exception as e:  # any failure: the MLflow run says why (a SIGKILLed job cannot: saeexp-pareto reconciles)
         reason = str(e) if isinstance(e, (TrainingDiverged, ConfigError)) else f"{type(e).__name__}: {e}"
         logger.mark_failed(redact_text(reason))  # never raises: a store on a full disk must not hide `e`
         raise
     return _finish(plan, ready, logger, run_dir)
+
+
+def _fit(plan: RunPlan, ready: Prepared, run_dir: Path, logger) -> tuple[L.Trainer, dict | None]:
+    """`Trainer.fit`, resuming from the run's checkpoint if there is one; then the final checkpoint.
+
+    Returns the trainer and, when training stopped before the last step, the interrupted result."""
+    s, ckpt = plan.schedule, run_dir / "checkpoints" / "last.ckpt"
+    saver = RunCheckpoint(ckpt, s.checkpoint_every, s.log_every)
+    # the step's own callbacks first: a resample happens before any checkpoint sees the weights
+    callbacks = [*ready.step_callbacks, saver, TokensProgressBar(s.batch_size), *plan.callbacks]
+    trainer: L.Trainer = plan.make_trainer(max_steps=s.steps, logger=logger, callbacks=callbacks,
+                                           default_root_dir=str(run_dir), enable_checkpointing=False)
+    # weights_only: a checkpoint never unpickles code, whatever the torch version's default
+    trainer.fit(ready.module, datamodule=ready.datamodule, ckpt_path=str(ckpt) if ckpt.exists() else None,
+                weights_only=True)
+    # interrupted, or stopped early by a callback (preempted: saeexp.train.preemption): the checkpoint is
+    # saved; the requeued job resumes
+    if trainer.interrupted or trainer.global_step < s.steps:
+        return trainer, {"interrupted": True, "step": trainer.global_step}
+    saver.save(trainer)  # data-parallel: every rank takes part, rank 0 writes
+    return trainer, None
+
+
+def _train_rank(plan: RunPlan, run_dir: Path) -> dict:
+    """A data-parallel rank > 0: the same preparation and fit as rank 0, on its shard of every batch, with no
+    lock, no MLflow run and nothing written (Lightning writes checkpoints on rank 0 only); rank 0 scores and saves.
+
+    It starts after rank 0 took the lock and settled `overwrite` (Lightning's launcher re-runs the command for it
+    from rank 0's `Trainer.fit`), so it sees the checkpoint rank 0 resumes from."""
+    if not plan.overwrite and (run_dir / "metrics.json").exists():
+        return {"finished": True}  # rank 0 prints the result and trains nothing
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if ckpt.exists():
+        verify_checkpoint(ckpt)
+    ready = prepare(plan)
+    trainer, stopped = _fit(plan, ready, run_dir, logger=False)
+    return stopped or {"rank": trainer.global_rank, "step": trainer.global_step}
 
 
 def _finish(plan: RunPlan, ready: Prepared, logger, run_dir: Path) -> dict:

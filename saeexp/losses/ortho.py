@@ -23,6 +23,7 @@ from torch import Tensor
 
 from saeexp.errors import ConfigError
 from saeexp.losses.base import LossTerm
+from saeexp.util import ranks
 
 PAIRS = ("all", "nearest")
 FEATURES = ("all", "active")
@@ -190,7 +191,8 @@ class DecoderOrthogonality(LossTerm):
         if self.features == "active":
             # a mask, not a gather: no device sync; inactive features add nothing and pass no gradient of
             # their own, while an active feature's term still moves its neighbour's row
-            active_F = out.acts_BF.detach().amax(dim=0) > 0
+            # active in the global batch (data-parallel: on some rank), so the term is the same on every rank
+            active_F = ranks.any_rank(out.acts_BF.detach().amax(dim=0) > 0)
             return self.coef * (pen_F * active_F).sum() / pen_F.shape[0]
         return self.coef * pen_F.mean()
 

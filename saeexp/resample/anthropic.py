@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from saeexp.errors import ConfigError
+from saeexp.util import ranks
 
 
 @torch.no_grad()
@@ -146,7 +147,7 @@ class AnthropicResampler(nn.Module):
         """Keep a bounded ring of recent inputs (the candidates for new directions)."""
         if not self._warned:
             self._warned = True
-            batch = x_BD.shape[0]
+            batch = x_BD.shape[0] * ranks.world()  # the global batch
             last_point = self.points(module.total_steps)[-1]
             if last_point * batch < self.window_tokens:
                 warnings.warn(f"resampler.window_tokens={self.window_tokens} exceeds the tokens seen by the last "
@@ -162,14 +163,18 @@ class AnthropicResampler(nn.Module):
         if self.reservoir_ND.shape != (self.capacity, x_BD.shape[1]):
             self.reservoir_ND = x_BD.new_zeros(self.capacity, x_BD.shape[1], dtype=torch.float32)
             self.filled = self.pos = 0
-        r = min(x_BD.shape[0], max(1, math.ceil(self.capacity / self.reservoir_steps)), self.capacity)
+        r = min(x_BD.shape[0] * ranks.world(), max(1, math.ceil(self.capacity / self.reservoir_steps)),
+                self.capacity)
+        # the global batch's first r rows (data-parallel: gathered from the ranks that hold them), so every
+        # rank keeps the same reservoir and makes the same resample
+        rows_RD = ranks.first_rows(x_BD, r)
         end = self.pos + r
         if end <= self.capacity:
-            self.reservoir_ND[self.pos:end] = x_BD[:r]
+            self.reservoir_ND[self.pos:end] = rows_RD
         else:  # wrap around
             k = self.capacity - self.pos
-            self.reservoir_ND[self.pos:] = x_BD[:k]
-            self.reservoir_ND[:r - k] = x_BD[k:r]
+            self.reservoir_ND[self.pos:] = rows_RD[:k]
+            self.reservoir_ND[:r - k] = rows_RD[k:r]
         self.pos = end % self.capacity
         self.filled = min(self.capacity, self.filled + r)
 

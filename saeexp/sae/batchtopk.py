@@ -18,6 +18,7 @@ from torch import Tensor
 
 from saeexp.sae.base import SAEOutput
 from saeexp.sae.topk import SparseActs, TopKSAE
+from saeexp.util import ranks
 
 SAMPLE = 1 << 17  # subsample size for the first guess
 
@@ -42,6 +43,22 @@ def kth_largest(z_BF: Tensor, m: int) -> Tensor:
     return cand.kthvalue(cand.numel() - m + 1).values
 
 
+def kth_largest_global(z_BF: Tensor, m: int) -> Tensor:
+    """The m-th largest entry of the global batch whose row shards the ranks hold (equal shards), exactly.
+
+    Each rank's (m / world)-th largest is a lower bound of the global m-th largest for the rank with the
+    smallest one (every rank holds at least m / world entries at or above it, m in all), so the global m-th
+    largest is among the entries at or above that minimum: they are gathered and the order statistic taken.
+    """
+    n = ranks.world()
+    if n == 1:
+        return kth_largest(z_BF, m)
+    floor = ranks.all_min(kth_largest(z_BF, m // n))
+    z_flat = z_BF.reshape(-1)
+    cand = ranks.cat_ranks(z_flat[z_flat >= floor])
+    return cand.kthvalue(cand.numel() - m + 1).values if m < cand.numel() else cand.min()
+
+
 class BatchTopKSAE(TopKSAE):
     """BatchTopK SAE. Parameters as the standard SAE: W_enc [D, F], b_enc [F], W_dec [F, D], b_dec [D]; buffer
     `threshold` (0-d, fp32; -1 until the first training batch). AuxK as in `TopKSAE`.
@@ -56,13 +73,16 @@ class BatchTopKSAE(TopKSAE):
 
     def _cut(self, pre_BF: Tensor) -> float:
         """Keep z > cut: the (k * B)-th largest z (in training; its next float down in z's dtype, so that it is
-        kept), or the estimated threshold (eval). Fewer than k * B positive values: cut 0, a ReLU."""
-        if self.training or self.threshold < 0:
+        kept), or the estimated threshold (eval). Fewer than k * B positive values: cut 0, a ReLU.
+        In data-parallel training B is the global batch and every rank finds the same order statistic."""
+        if self.training:
+            t = kth_largest_global(pre_BF.detach(), self.k * pre_BF.shape[0] * ranks.world())
+            self._update_threshold(t)
+        elif self.threshold < 0:
             t = kth_largest(pre_BF.detach(), self.k * pre_BF.shape[0])
-            if self.training:
-                self._update_threshold(t)
-            return float(torch.nextafter(t, t.new_tensor(-math.inf))) if t > 0 else 0.0
-        return float(self.threshold)
+        else:
+            return float(self.threshold)
+        return float(torch.nextafter(t, t.new_tensor(-math.inf))) if t > 0 else 0.0
 
     def activation(self, pre_BF: Tensor) -> Tensor:
         return F.threshold(pre_BF, self._cut(pre_BF), 0.0)  # z where z > cut, else 0

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from saeexp.errors import ConfigError
 from saeexp.sae.base import SAE, SAEOutput
+from saeexp.util import ranks
 
 
 def _scatter_rows(f_N: Tensor, b_N: Tensor, w_N: Tensor, rows_BD: Tensor, n_rows: int) -> Tensor:
@@ -198,7 +199,8 @@ class TopKSAE(SAE):
 
     def auxk_loss(self, x_BD: Tensor, x_hat_BD: Tensor) -> Tensor:
         """Normalised error of reconstructing the residual from the k_aux largest dead pre-activations."""
-        window = self.dead_window_tokens or int(self.dead_window_batches or 0) * x_BD.shape[0]
+        # a window in batches counts global batches (data-parallel: every rank's shard of one)
+        window = self.dead_window_tokens or int(self.dead_window_batches or 0) * x_BD.shape[0] * ranks.world()
         dead_N = self.dead_mask(window).nonzero().squeeze(1)
         if dead_N.numel() == 0:
             return torch.zeros((), dtype=x_BD.dtype, device=x_BD.device)
@@ -217,4 +219,8 @@ class TopKSAE(SAE):
             vals_BK, j_BK = z_BN.topk(k_aux, dim=1, sorted=False)
             acts_BN = torch.zeros_like(z_BN).scatter(1, j_BK, vals_BK.relu())
             e_hat_BD = acts_BN @ self.W_dec.index_select(0, dead_N)
-        return (e_hat_BD - e_BD).pow(2).sum() / e_BD.pow(2).sum().clamp_min(1e-12)
+        # a ratio over the whole (global) batch: under data parallelism the denominator is summed over ranks and
+        # each rank's numerator weighted by the world size, so DDP's mean of the ranks' gradients is the
+        # gradient of the global ratio (e has no gradient: the sum needs none)
+        den = ranks.all_sum(e_BD.pow(2).sum()).clamp_min(1e-12)
+        return (e_hat_BD - e_BD).pow(2).sum() * ranks.world() / den

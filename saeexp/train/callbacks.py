@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
 from saeexp.errors import ConfigError, StorageError, TrainingDiverged
+from saeexp.util import ranks
 from saeexp.util.files import temp_name
 
 
@@ -46,14 +47,19 @@ class RunCheckpoint(Callback):
         return all(torch.isfinite(p).all() for p in module.sae.parameters())
 
     def save(self, trainer) -> bool:
-        """Save now if the weights are healthy; return whether it saved."""
+        """Save now if the weights are healthy; return whether it saved.
+
+        Data-parallel: every rank calls it at the same step (the weights, hence `healthy`, are the same on all);
+        Lightning writes the file on rank 0 only, which alone renames it.
+        """
         if not self.healthy(trainer.lightning_module):
             return False
         tmp = temp_name(self.path)  # unique per writer
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             trainer.save_checkpoint(str(tmp), weights_only=False)  # the full state (optimiser, loops): resumable
-            os.replace(tmp, self.path)
+            if trainer.is_global_zero:
+                os.replace(tmp, self.path)
         except OSError as e:  # disk full or read-only: drop the partial file, keep the last good checkpoint
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
@@ -65,12 +71,21 @@ class RunCheckpoint(Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step  # optimiser steps taken so far
         if step % self.check_every == 0 or step == trainer.max_steps:
-            bad = int(module.first_bad_step)
+            bad = int(_first_over_ranks(module.first_bad_step))
             if bad >= 0:
                 raise TrainingDiverged(f"loss is not finite at step {bad}; stopped, and kept the last good "
                                        f"checkpoint {self.path if self.path.exists() else '(none yet)'}")
         if self.every and step % self.every == 0:
             self.save(trainer)
+
+
+def _first_over_ranks(step: torch.Tensor) -> torch.Tensor:
+    """The earliest of the ranks' first bad steps (-1: none), so that all ranks stop together."""
+    if ranks.world() == 1:
+        return step
+    never = torch.iinfo(step.dtype).max
+    first = ranks.all_min(torch.where(step < 0, never, step))
+    return torch.where(first == never, -1, first)
 
 
 class TokensProgressBar(TQDMProgressBar):

@@ -5,18 +5,25 @@ import lightning as L
 from torch.utils.data import DataLoader, IterableDataset
 
 from saeexp.data.base import ActivationSource
+from saeexp.errors import ConfigError
 
 
 class _Stream(IterableDataset):
-    def __init__(self, source: ActivationSource, batch_size: int, seed: int, start: int):
+    def __init__(self, source: ActivationSource, batch_size: int, seed: int, start: int, rank: int, world: int):
         self.source, self.batch_size, self.seed, self.start = source, batch_size, seed, start
+        self.rank, self.world = rank, world
 
     def __iter__(self):
-        return self.source.batches(self.batch_size, self.seed, self.start)
+        if self.world == 1:
+            return self.source.batches(self.batch_size, self.seed, self.start)
+        return self.source.shard_batches(self.batch_size, self.seed, self.start, self.rank, self.world)
 
 
 class ActivationDataModule(L.LightningDataModule):
-    """Serves the source's training stream; its checkpointed state is the number of batches consumed."""
+    """Serves the source's training stream; its checkpointed state is the number of batches consumed.
+
+    Data-parallel (trainer=ddp): `batch_size` is the global batch; each rank gets its shard of every one.
+    """
 
     def __init__(self, source: ActivationSource, batch_size: int, seed: int):
         super().__init__()
@@ -27,8 +34,13 @@ class ActivationDataModule(L.LightningDataModule):
         self.source.prepare()
 
     def train_dataloader(self) -> DataLoader:
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        if self.batch_size % world:
+            raise ConfigError(f"train.batch_size={self.batch_size} over {world} devices: expected a multiple of "
+                              f"{world} (the global batch is split evenly)")
         # batches are made whole by the source; no workers: contiguous reads outrun the step by far
-        return DataLoader(_Stream(self.source, self.batch_size, self.seed, self.start), batch_size=None)
+        return DataLoader(_Stream(self.source, self.batch_size, self.seed, self.start, rank, world),
+                          batch_size=None)
 
     def state_dict(self) -> dict:
         # one batch per optimiser step, so the stream position is the global step

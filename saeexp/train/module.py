@@ -10,6 +10,7 @@ from saeexp.losses.recon import MSE
 from saeexp.metrics import batch_metrics, decoder_mmcs
 from saeexp.sae.base import SAE
 from saeexp.train.memory import reuse_freed_memory
+from saeexp.util import ranks
 from saeexp.train.step import (
     Recipe,
     after_optimizer_step,
@@ -88,17 +89,31 @@ class SAEModule(L.LightningModule):
             logs["train/dec_mmcs"] = decoder_mmcs(self.sae.W_dec.detach()).mean()
         # straight to the loggers, once per log step: Lightning's self.log would re-send the last value of
         # every step metric at every later step. One host sync here (the stack), none on other steps.
+        # Data-parallel: the mean over ranks, so the logs describe the global batch (exactly for the per-token
+        # means, the ranks' mean of ratios such as FVU).
         keys = list(logs)
-        values = torch.stack([logs[k].detach().float().reshape(()).to(x_BD.device) for k in keys]).tolist()
+        stacked = ranks.mean_ranks(torch.stack([logs[k].detach().float().reshape(()).to(x_BD.device) for k in keys]))
+        values = dict(zip(keys, stacked.tolist()))
         for lg in self.loggers:
-            lg.log_metrics(dict(zip(keys, values)), step=step)
+            lg.log_metrics(values, step=step)
         # the progress bar only (logger=False): L0 and FVU as of the last log step
-        self.log_dict({"L0": logs["train/l0"], "FVU": logs["train/fvu"]}, prog_bar=True, logger=False,
+        self.log_dict({"L0": values["train/l0"], "FVU": values["train/fvu"]}, prog_bar=True, logger=False,
                       on_step=True, on_epoch=False, batch_size=x_BD.shape[0])
 
     def on_fit_start(self) -> None:
         if self.reuse_memory:
             reuse_freed_memory()
+
+    # --- data parallelism (trainer=ddp): each rank steps on its shard of every global batch ----------------------
+    def setup(self, stage: str) -> None:
+        n = self.trainer.world_size
+        if n > 1:  # the process group exists now: the statistics that decide something become global
+            ranks.shard_over(n)
+            # every rank computed the scale from the same sample; rank 0's is the run's (DDP broadcasts its weights)
+            self.recipe.input_scale = float(self.trainer.strategy.broadcast(self.recipe.input_scale, src=0))
+
+    def teardown(self, stage: str) -> None:
+        ranks.shard_over(1)  # scoring and saving after the fit run on rank 0 alone: no collectives there
 
     # --- the step's hooks around the optimiser ---------------------------------------------------------
     def on_before_optimizer_step(self, optimizer) -> None:

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from saeexp.train.target_l0 import TargetL0
+from saeexp.util import ranks
 
 
 def make_optimizer(optimizer_factory, sae):
@@ -56,7 +57,8 @@ def step_losses(sae, terms, batch_BD: Tensor, step: int, recipe: Recipe):
     values.update(out.aux_losses)
     if recipe.target_l0 is not None:
         recipe.target_l0.observe(out.acts_BF, step)
-    sae.update_firing(out.fired_F(), x_BD.shape[0])
+    # fired on some token of the global batch (data-parallel: on some rank), so every rank's counters agree
+    sae.update_firing(ranks.any_rank(out.fired_F()), x_BD.shape[0] * ranks.world())
     return x_BD, out, values
 
 

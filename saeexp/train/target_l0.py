@@ -15,6 +15,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from saeexp.util import ranks
+
 # Per-step gains on the log error. L0 lags lambda (the encoder needs some tens of Adam steps to follow), so the
 # controller acts on where the error is heading, e + HORIZON * (its trend, an EMA of its change per step):
 # while L0 is already falling fast toward the target, lambda stops rising (no windup, no overshoot that would
@@ -56,7 +58,8 @@ class TargetL0(nn.Module):
         """One controller update from this batch's activations (device tensors only: no host sync)."""
         if not self.start_step <= step < self.freeze_step:
             return
-        l0 = (acts_BF > 0).sum() / acts_BF.shape[0]
+        # the global batch's L0 (data-parallel: counts summed over ranks), so every rank's controller agrees
+        l0 = ranks.all_sum((acts_BF > 0).sum()) / (acts_BF.shape[0] * ranks.world())
         e = (l0.float().clamp_min(0.1) / self.target_l0).log()
         # the trend of the error (EMA of its change): L0 lags lambda, so act on where it is heading
         d = torch.where(self.last_e.isnan(), torch.zeros_like(e), e - self.last_e)
