@@ -32,7 +32,11 @@ class ActivationDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict:
         # one batch per optimiser step, so the stream position is the global step
-        return {"batches_consumed": self.trainer.global_step if self.trainer else self.start}
+        batches = self.trainer.global_step if self.trainer else self.start
+        # stream (issue 27): what else the source needs to continue exactly (a streamed source: where in the
+        # corpus its buffer's oldest fill began)
+        return {"batches_consumed": batches, "source": self.source.state_dict(batches, self.batch_size)}
 
     def load_state_dict(self, state: dict) -> None:
         self.start = int(state["batches_consumed"])
+        self.source.load_state_dict(state.get("source") or {})  # stream (issue 27)

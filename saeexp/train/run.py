@@ -74,6 +74,7 @@ def build(cfg: DictConfig, source=None):
     if steps < 1:
         raise ConfigError(f"train.tokens={t.tokens}: fewer than one batch of train.batch_size={batch_size}")
     source = source or make(cfg.data)
+    source.check_tokens(steps * batch_size)  # stream (issue 27): no silent repeats of the data
     penalty = make(penalty_config(cfg)) if cfg.loss.get("_target_") else None
     extra = [make(v) for v in (cfg.loss.get("extra") or {}).values() if v and v.get("_target_")]
     # train.target_l0 sets k on TopK variants; `model.decoder_norm=auto` becomes the penalty's handling
