@@ -105,7 +105,10 @@ class LMSource(ActivationSource):
                                 self.corpus_seed, self.corpus_config, self.corpus_revision,
                                 self.cache_dir / "datasets", skip=skip)
 
-        return WindowStream(pieces, self.bridge().tokenizer, self.context_size, self.bos, start or Position())
+        return WindowStream(pieces, self.tokenizer(), self.context_size, self.bos, start or Position())
+
+    def tokenizer(self):
+        return self.bridge().tokenizer
 
     def harvest_windows(self, windows_WT: np.ndarray, writer, desc: str = "harvest", progress: bool = True) -> float:
         """The activations of positions [first:] of each window into `writer`; returns tokens/s."""

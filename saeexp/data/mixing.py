@@ -17,7 +17,6 @@ in the background while the SAE trains on the current round).
 """
 from __future__ import annotations
 
-import math
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -139,8 +138,11 @@ class MixingBuffer:
 
     # --- what the source serves -----------------------------------------------------------------------------
     def sample(self, n: int, seed: int) -> Tensor:
-        """n rows drawn from the first fills (as few as hold n; they stay resident for round 0)."""
-        m = min(self.schedule.L, max(1, math.ceil(n / self.fill_rows)))
+        """n rows drawn from the first buffer's fills (they stay resident: round 0 serves them).
+
+        The whole first buffer, not the fewest fills that hold n rows: the input scale and the b_dec init then
+        see as many documents as a batch of round 0 mixes (a resumed run harvests this buffer once more)."""
+        m = self.schedule.L
         self._ensure(range(m))
         rows = np.random.default_rng([seed, 7919]).choice(m * self.fill_rows, min(n, m * self.fill_rows),
                                                           replace=False)

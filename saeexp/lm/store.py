@@ -230,7 +230,7 @@ class ActivationStore:
 
     def _short_message(self, got: int, need: int, train: bool = False) -> str:
         what = "training windows after the held-out ones" if train else "windows"
-        return (f"data.corpus gives only {got:,} {what} of {self.per} tokens: need {need:,} for "
+        return (f"data.corpus gives only {got:,} {what} ({self.per} tokens each): need {need:,} for "
                 f"{'data.harvest_tokens' if train else 'data.heldout_tokens'}; add text to data.corpus or ask for "
                 "fewer tokens")
 
