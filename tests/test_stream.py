@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import compose_cfg
 from lm_fakes import write_corpus
 from saeexp.data.mixing import FillSchedule, MixingBuffer
 from saeexp.errors import ConfigError
@@ -45,7 +44,7 @@ def test_buffer_serves_every_row_once_mixes_the_buffer_and_resumes_anywhere(fill
     assert max(calls) <= done_round + fills  # never harvests further ahead than the buffer holds
     if fills > 1:  # after round 0, every batch mixes all the fills in the buffer
         fill_of = rows // FILL
-        late = fill_of[FillSchedule(FILL, fills).first_round_rows:][:batch]
+        late = fill_of[FillSchedule(FILL, fills).rows(0):][:batch]
         assert late.unique().numel() >= min(fills, 3)
     for start, ahead in ((0, not overlap), (1, overlap), (7, overlap), (23, overlap)):
         # a resumed stream continues exactly where the uninterrupted one is; harvesting ahead in a thread or not
@@ -62,6 +61,20 @@ def test_buffer_serves_every_row_once_mixes_the_buffer_and_resumes_anywhere(fill
     assert torch.equal(torch.cat([next(it3) for _ in range(n)])[:, 0].long(), rows) and calls.count(0) == 1
     buf.close()
     warm.close()
+
+
+@pytest.mark.parametrize("fills,n_fills,overlap", [(4, 9, False), (4, 9, True), (4, 2, False), (1, 5, False)])
+def test_a_run_of_known_length_harvests_what_it_trains_on_and_no_fill_more(fills, n_fills, overlap):
+    calls = []
+    buf = MixingBuffer(_ids_fill(calls), FILL, 2, fills, overlap, n_fills=n_fills)
+    rows = torch.cat(list(buf.batches(64, seed=1)))[:, 0].long()
+    assert sorted(rows.tolist()) == list(range(n_fills * FILL))  # every row of the run's fills, once
+    assert sorted(set(calls)) == list(range(n_fills))  # and no fill past them
+    for start in sorted({1, 3, (n_fills * FILL - 1) // 64}):  # the last: the run's short last batch
+        again = MixingBuffer(_ids_fill([]), FILL, 2, fills, overlap, n_fills=n_fills)
+        assert torch.equal(torch.cat(list(again.batches(64, seed=1, start=start)))[:, 0].long(), rows[start * 64:])
+        again.close()
+    buf.close()
 
 
 @pytest.fixture(scope="module")

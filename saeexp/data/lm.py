@@ -110,6 +110,18 @@ class LMSource(ActivationSource):
     def tokenizer(self):
         return self.bridge().tokenizer
 
+    def too_short(self, got: int, need: int, train: bool) -> str:
+        """The refusal when the corpus runs out before the held-out (train False) or training windows."""
+        from saeexp.lm import corpus
+
+        files, hub = corpus.resolve(self.corpus)
+        which = hub or ", ".join(str(f) for f in files[:5]) + (f" (+{len(files) - 5} more)" if len(files) > 5 else "")
+        what = "is empty (no text)" if got == 0 and not train else (
+            f"gives only {got:,} {'training windows after the held-out ones' if train else 'windows'}")
+        return (f"data.corpus ({which}) {what}: need {need:,} windows of {self.context_size} tokens for "
+                f"{'data.harvest_tokens' if train else 'data.heldout_tokens'}; add text to data.corpus or ask for "
+                "fewer tokens")
+
     def harvest_windows(self, windows_WT: np.ndarray, writer, desc: str = "harvest", progress: bool = True) -> float:
         """The activations of positions [first:] of each window into `writer`; returns tokens/s."""
         from saeexp.lm.harvest import harvest
@@ -138,7 +150,7 @@ class LMSource(ActivationSource):
 
             self._store = ActivationStore(self.cache_dir / "activations", self.key(), self.d_in, self.cache_dtype,
                                           self.per_window, self.n_heldout_windows, self.window_stream,
-                                          self.harvest_windows, self.shard_bytes)
+                                          self.harvest_windows, self.too_short, self.shard_bytes)
         return self._store
 
     def prepare(self) -> None:
@@ -189,6 +201,8 @@ class LMSource(ActivationSource):
         """Refuse a run that needs more tokens than this source has, unless data.epochs allows the repeats."""
         self._need_tokens = tokens
         if self.stream:
+            if self._feed is not None:
+                raise RuntimeError("check_tokens comes before the stream is used: it sets the run's last fill")
             return  # the corpus's length is known when it runs out (saeexp/data/lm_stream.py refuses then)
         have = self.n_train_windows * self.per_window
         if tokens > have * self.epochs:
@@ -206,7 +220,7 @@ class LMSource(ActivationSource):
 
     def batches(self, batch_size: int, seed: int, start: int = 0) -> Iterator[Tensor]:
         if self.stream:
-            return self.feed().batches(batch_size, seed, start, getattr(self, "_need_tokens", None))
+            return self.feed().batches(batch_size, seed, start)
         if self._reader is None:
             read, n = self._array("train")
             self._reader = EpochReader(read, n, self.d_in, self.chunk_tokens, self.buffer_chunks)

@@ -26,15 +26,17 @@ class LMStream:
     def __init__(self, source):
         self.src, self.per, self.L = source, source.per_window, source.stream_fills
         self.fill_windows = max(1, math.ceil(source.stream_buffer_tokens / self.L / self.per))
-        self.buffer = MixingBuffer(self._fill, self.fill_windows * self.per, source.d_in, self.L,
-                                   source.stream_overlap)
+        self.fill_rows = self.fill_windows * self.per
+        # the run's length, when train() told the source (check_tokens): no fill past the last one it needs
+        self.need_tokens: int | None = getattr(source, "_need_tokens", None)
+        n_fills = None if self.need_tokens is None else max(1, math.ceil(self.need_tokens / self.fill_rows))
+        self.buffer = MixingBuffer(self._fill, self.fill_rows, source.d_in, self.L, source.stream_overlap, n_fills)
         self.starts: dict[int, tuple[int, Position]] = {}  # fill -> (pass, Position of its first window)
         self.epoch_windows: int | None = None  # training windows in one pass over the corpus, once known
         self._ws = self._ws_fill = None  # the open window stream and the fill it is at
         self._ws_epoch = 0
         self._held_windows = self._held = self._train_start = None
         self._cuda_stream = None
-        self.need_tokens: int | None = None
 
     # --- the corpus --------------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -44,8 +46,7 @@ class LMStream:
         ws = self.src.window_stream()
         held = ws.take(self.src.n_heldout_windows)
         if len(held) < self.src.n_heldout_windows:
-            raise ConfigError(f"data.corpus gives only {len(held):,} windows of {self.src.context_size} tokens: "
-                              f"need {self.src.n_heldout_windows:,} for data.heldout_tokens and more to train on")
+            raise ConfigError(self.src.too_short(len(held), self.src.n_heldout_windows, False))
         self._held_windows, self._train_start = held, ws.position
         self.starts.setdefault(0, (0, ws.position))
         if self._ws is None:
@@ -62,14 +63,12 @@ class LMStream:
                 raise ConfigError("data.corpus gives no training windows after the held-out ones; add text to "
                                   "data.corpus or lower data.heldout_tokens")
             if self._ws_epoch + 1 >= self.src.epochs:
-                per_pass, ahead = self.epoch_windows * self.per, self.L * self.buffer.fill_rows
+                per_pass = self.epoch_windows * self.per
                 need = self.need_tokens or 0
-                passes = max(self.src.epochs + 1, math.ceil((need + ahead) / per_pass))
                 raise ConfigError(
                     f"data.corpus gives {per_pass:,} training tokens per pass (after the held-out windows); "
-                    f"train.tokens={need:,} and the {ahead:,} the stream buffer holds ahead need more than "
-                    f"data.epochs={self.src.epochs} pass(es): add text to data.corpus, or let it repeat with "
-                    f"data.epochs={passes}")
+                    f"train.tokens={need:,} needs more than data.epochs={self.src.epochs}: add text to data.corpus, "
+                    f"or let it repeat with data.epochs={max(self.src.epochs + 1, math.ceil(need / per_pass))}")
             self._ws_epoch += 1
             self._ws = self.src.window_stream(self._train_start)
             more = self._ws.take(n - have)
@@ -125,25 +124,25 @@ class LMStream:
             self._held = out
         return self._held
 
-    def batches(self, batch_size: int, seed: int, start: int, need_tokens: int | None):
-        self.need_tokens = need_tokens
-        total = None if need_tokens is None else max(1, need_tokens // batch_size)
-        return self.buffer.batches(batch_size, seed, start, total)
+    def batches(self, batch_size: int, seed: int, start: int):
+        return self.buffer.batches(batch_size, seed, start)
 
     def state_dict(self, batches: int, batch_size: int) -> dict:
         """The fill whose round batch `batches` falls in, and where in the corpus that fill began."""
         k = self.buffer.schedule.locate(batches * batch_size)[0]
-        state = {"fill": k, "fill_windows": self.fill_windows, "fills": self.L, "epoch_windows": self.epoch_windows}
+        state = {"fill": k, "fill_windows": self.fill_windows, "fills": self.L, "n_fills": self.buffer.schedule.n_fills,
+                 "epoch_windows": self.epoch_windows}
         if k in self.starts:
             epoch, pos = self.starts[k]
             state.update({"epoch": epoch, "position": pos.to_dict()})
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        if (state.get("fill_windows"), state.get("fills")) != (self.fill_windows, self.L):
-            raise ConfigError(f"the checkpoint's stream has fills of {state.get('fill_windows')} windows x "
-                              f"{state.get('fills')}, this config {self.fill_windows} x {self.L}: resume with the "
-                              "data.stream_* values it was trained with")
+        mine = (self.fill_windows, self.L, self.buffer.schedule.n_fills)
+        theirs = (state.get("fill_windows"), state.get("fills"), state.get("n_fills"))
+        if theirs != mine:
+            raise ConfigError(f"the checkpoint's stream has (windows per fill, fills, fills in the run) {theirs}, this "
+                              f"config {mine}: resume with the data.stream_* and train.tokens it was trained with")
         self.epoch_windows = state.get("epoch_windows")
         if "position" in state:
             self.starts[int(state["fill"])] = (int(state["epoch"]), Position.from_dict(state["position"]))

@@ -28,37 +28,57 @@ from torch import Tensor
 
 
 class FillSchedule:
-    """Which parts of which fills each round serves, and where each row of the stream falls: no data here."""
+    """Which parts of which fills each round serves, and where each row of the stream falls: no data here.
 
-    def __init__(self, fill_rows: int, fills: int):
-        if fill_rows < 1 or fills < 1:
-            raise ValueError("fill_rows and fills must be >= 1")
-        self.fill_rows, self.L = fill_rows, fills
+    n_fills: the run's last fill, when its length is known (None: endless). No fill past it is harvested;
+    the last L - 1 rounds then serve the parts left of the fills in the buffer (they mix fewer fills, as
+    round 0 does), so a run harvests less than one fill more than it trains on.
+    """
+
+    def __init__(self, fill_rows: int, fills: int, n_fills: int | None = None):
+        if fill_rows < 1 or fills < 1 or (n_fills is not None and n_fills < 1):
+            raise ValueError("fill_rows, fills and n_fills must be >= 1")
+        self.fill_rows, self.L, self.n_fills = fill_rows, fills, n_fills
         self.bounds = [p * fill_rows // fills for p in range(fills + 1)]
-        self.first_round_rows = sum(self.bounds[1:])  # fill k < L serves parts 0 .. L-1-k in round 0
+        # rounds 1 .. n_full serve one part of L fills each: fill_rows rows
+        self.n_full = None if n_fills is None else max(0, n_fills - fills)
 
     def parts(self, r: int) -> list[tuple[int, int]]:
         """(fill, part) pairs served in round r, fill ascending."""
-        if r == 0:
-            return [(k, p) for k in range(self.L) for p in range(self.L - k)]
-        return [(k, r - k + self.L - 1) for k in range(r, r + self.L)]
+        if r == 0:  # the parts due at or before round 0: fill k < L serves parts 0 .. L-1-k
+            pairs = [(k, p) for k in range(self.L) for p in range(self.L - k)]
+        else:
+            pairs = [(k, r - k + self.L - 1) for k in range(r, r + self.L)]
+        return [(k, p) for k, p in pairs if self.n_fills is None or k < self.n_fills]
 
     def fills_of(self, r: int) -> range:
-        return range(r, r + self.L)
+        return range(r, r + self.L if self.n_fills is None else min(r + self.L, self.n_fills))
 
     def rows(self, r: int) -> int:
-        return self.first_round_rows if r == 0 else self.fill_rows
+        return sum(self.bounds[p + 1] - self.bounds[p] for _, p in self.parts(r))
 
     def start(self, r: int) -> int:
         """Rows of the stream served before round r."""
-        return 0 if r == 0 else self.first_round_rows + (r - 1) * self.fill_rows
+        if r == 0:
+            return 0
+        full = r - 1 if self.n_full is None else min(r - 1, self.n_full)
+        return self.rows(0) + full * self.fill_rows + sum(self.rows(q) for q in range(full + 1, r))
 
     def locate(self, row: int) -> tuple[int, int]:
         """(round, offset in it) of stream row `row`."""
-        if row < self.first_round_rows:
+        first = self.rows(0)
+        if row < first:
             return 0, row
-        r, off = divmod(row - self.first_round_rows, self.fill_rows)
-        return r + 1, off
+        q, off = divmod(row - first, self.fill_rows)
+        if self.n_full is None or q < self.n_full:
+            return q + 1, off
+        r, off = self.n_full + 1, row - self.start(self.n_full + 1)
+        while r < self.n_fills:  # the last rounds, smaller
+            if off < self.rows(r):
+                return r, off
+            off -= self.rows(r)
+            r += 1
+        raise IndexError(f"row {row} is past the stream's end ({self.n_fills} fills)")
 
 
 class MixingBuffer:
@@ -70,8 +90,8 @@ class MixingBuffer:
     """
 
     def __init__(self, fill: Callable[[int, Tensor], None], fill_rows: int, d_in: int, fills: int = 4,
-                 overlap: bool = False):
-        self.schedule = FillSchedule(fill_rows, fills)
+                 overlap: bool = False, n_fills: int | None = None):
+        self.schedule = FillSchedule(fill_rows, fills, n_fills)
         self.fill_fn, self.fill_rows, self.d_in, self.overlap = fill, fill_rows, d_in, overlap
         self.n_slots = fills + (1 if overlap else 0)
         self.store: Tensor | None = None  # [n_slots * fill_rows, d_in], allocated on first use
@@ -142,7 +162,7 @@ class MixingBuffer:
 
         The whole first buffer, not the fewest fills that hold n rows: the input scale and the b_dec init then
         see as many documents as a batch of round 0 mixes (a resumed run harvests this buffer once more)."""
-        m = self.schedule.L
+        m = len(self.schedule.fills_of(0))
         self._ensure(range(m))
         rows = np.random.default_rng([seed, 7919]).choice(m * self.fill_rows, min(n, m * self.fill_rows),
                                                           replace=False)
@@ -150,15 +170,15 @@ class MixingBuffer:
         idx = (idx // self.fill_rows % self.n_slots) * self.fill_rows + idx % self.fill_rows
         return self.store.index_select(0, torch.from_numpy(idx))
 
-    def batches(self, batch_size: int, seed: int, start: int = 0, total: int | None = None) -> Iterator[Tensor]:
-        """Batches from batch `start` on; `total` (batches in the run, when known) stops prefetching past it."""
-        last_round = None if total is None else self.schedule.locate(max(total * batch_size - 1, 0))[0]
-        r, row = self.schedule.locate(start * batch_size)
+    def batches(self, batch_size: int, seed: int, start: int = 0) -> Iterator[Tensor]:
+        """Batches from batch `start` on (the last one may be short when the schedule's n_fills ends it)."""
+        sched = self.schedule
+        r, row = sched.locate(start * batch_size)
         carry = None
-        while True:
-            self._ensure(self.schedule.fills_of(r))
-            if last_round is None or r < last_round:
-                self._prefetch(r + self.schedule.L)  # into the slot of fill r - 1, served out in round r - 1
+        while sched.n_fills is None or r < sched.n_fills:
+            self._ensure(sched.fills_of(r))
+            if sched.n_fills is None or r + sched.L < sched.n_fills:
+                self._prefetch(r + sched.L)  # into the slot of fill r - 1, served out in round r - 1
             idx = self._round_index(seed, r)
             size = len(idx)
             while row < size:
@@ -175,6 +195,8 @@ class MixingBuffer:
                 else:
                     carry = batch
             r, row = r + 1, 0
+        if carry is not None:
+            yield carry
 
     def close(self) -> None:
         if self._pool is not None:

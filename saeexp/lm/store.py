@@ -105,15 +105,17 @@ def train_windows(manifest: dict) -> int:
 class ActivationStore:
     """The growing cache entry of one key. `ensure(n)` returns a manifest listing at least n training windows.
 
-    The caller supplies the corpus and the model: `open_windows(position)` a WindowStream from there, and
-    `harvest(windows_WT, writer, desc)` the activations of positions [first:] of each window (tokens/s back).
+    The caller supplies the corpus and the model: `open_windows(position)` a WindowStream from there,
+    `harvest(windows_WT, writer, desc)` the activations of positions [first:] of each window (tokens/s back), and
+    `too_short(got, need, train)` the refusal when the corpus runs out (naming the corpus).
     """
 
     def __init__(self, root: Path, key: dict, d_in: int, dtype: str, per_window: int, n_heldout_windows: int,
-                 open_windows: Callable[[Position], WindowStream], harvest: Callable, shard_bytes: int = SHARD_BYTES):
+                 open_windows: Callable[[Position], WindowStream], harvest: Callable,
+                 too_short: Callable[[int, int, bool], str], shard_bytes: int = SHARD_BYTES):
         self.root, self.key, self.d_in, self.dtype = Path(root), key, d_in, dtype
         self.per, self.n_heldout = per_window, n_heldout_windows
-        self.open_windows, self.harvest = open_windows, harvest
+        self.open_windows, self.harvest, self.too_short = open_windows, harvest, too_short
         itemsize = np.dtype(_NP[dtype]).itemsize
         self.shard_windows = max(1, shard_bytes // (per_window * d_in * itemsize))
         self.folder = self.root / key_digest(key)
@@ -163,7 +165,7 @@ class ActivationStore:
             stream = self.open_windows(Position())
             held = stream.take(self.n_heldout)
             if len(held) < self.n_heldout:
-                raise ConfigError(self._short_message(len(held), self.n_heldout))
+                raise ConfigError(self.too_short(len(held), self.n_heldout, False))
             np.save(tmp / "heldout_windows.npy", held)
             writer = NpyWriter(tmp / "heldout.npy", len(held) * self.per, self.d_in, self.dtype)
             self.harvest(held, writer, "harvest heldout")
@@ -202,7 +204,7 @@ class ActivationStore:
             while have < need_windows:
                 windows = stream.take(min(self.shard_windows, need_windows - have))
                 if len(windows) == 0:
-                    raise ConfigError(self._short_message(have, need_windows, train=True))
+                    raise ConfigError(self.too_short(have, need_windows, True))
                 i = len(manifest["shards"])
                 name = f"train-{i:05d}"
                 np.save(tmp / f"{name}.windows.npy", windows)
@@ -227,12 +229,6 @@ class ActivationStore:
         print(f"saeexp: activation cache {self.folder} holds {have * self.per:,} training tokens in "
               f"{len(manifest['shards'])} shards", file=sys.stderr, flush=True)
         return manifest
-
-    def _short_message(self, got: int, need: int, train: bool = False) -> str:
-        what = "training windows after the held-out ones" if train else "windows"
-        return (f"data.corpus gives only {got:,} {what} ({self.per} tokens each): need {need:,} for "
-                f"{'data.harvest_tokens' if train else 'data.heldout_tokens'}; add text to data.corpus or ask for "
-                "fewer tokens")
 
 
 class ShardReader:
