@@ -16,7 +16,8 @@ class _Stream(IterableDataset):
 
 
 class ActivationDataModule(L.LightningDataModule):
-    """Serves the source's training stream; its checkpointed state is the number of batches consumed."""
+    """Serves the source's training stream; its checkpointed state is the number of batches consumed (and, for a
+    source that needs more to continue exactly, the source's own state: data.stream=true's corpus position)."""
 
     def __init__(self, source: ActivationSource, batch_size: int, seed: int):
         super().__init__()
