@@ -286,6 +286,8 @@ class LMSource(ActivationSource):
             return {}
         from saeexp.lm import ce
 
+        if self._feed is not None:  # no background harvest beside the evaluation's forwards (shared hook points)
+            self._feed.buffer.wait_idle()
         windows = self.windows("heldout")[:max(1, math.ceil(self.ce_tokens / self.per_window))]
         mask_T = torch.arange(self.context_size) >= self.first
         param = next(sae.parameters())

@@ -118,6 +118,7 @@ class LMStream:
     def heldout(self) -> Tensor:
         """The held-out activations, harvested once per process (kept in memory, never written)."""
         if self._held is None:
+            self.buffer.wait_idle()
             w = self.heldout_windows()
             out = torch.empty(len(w) * self.per, self.src.d_in)
             self.src.harvest_windows(w, RowWriter(out), "harvest heldout")

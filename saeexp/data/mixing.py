@@ -198,6 +198,12 @@ class MixingBuffer:
         if carry is not None:
             yield carry
 
+    def wait_idle(self) -> None:
+        """Let a background harvest finish: the model's hooks are per module, so a forward in another thread
+        (the held-out harvest, the CE evaluation) must not run beside it."""
+        for k in list(self._pending):
+            self._pending[k].result()
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
