@@ -5,7 +5,7 @@ PY ?= python3
 CONSTRAINT := $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints/cpu.txt)
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench bench-sweep
+.PHONY: install check demo test bench bench-sweep
 
 install:
 	$(PY) -m pip install -q $(CONSTRAINT) -e '.[lm,dev]'
@@ -15,14 +15,19 @@ install:
 demo: install
 	bash scripts/demo.sh
 
+# the static checks: ruff, the layer contracts (lint-imports), mypy; `make test` runs them first
+check:
+	bash scripts/check.sh
+
 test: install
+	bash scripts/check.sh
 	bash scripts/test.sh $(PYTEST_ARGS)
 
 bench: install
-	$(PY) bench/bench_core.py
-	$(PY) bench/bench_variants.py
-	$(PY) bench/bench_ortho.py
-	$(PY) bench/bench_harvest.py
+	$(PY) bench/speed/bench_core.py
+	$(PY) bench/speed/bench_variants.py
+	$(PY) bench/speed/bench_ortho.py
+	$(PY) bench/speed/bench_harvest.py
 
 bench-sweep: install   # about 20 minutes: four two-minute jobs, serially on the local SLURM cluster
-	$(PY) bench/bench_sweep.py --tokens 4000000
+	$(PY) bench/speed/bench_sweep.py --tokens 4000000

@@ -7,8 +7,15 @@ import shutil
 from pathlib import Path
 
 import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
+from saeexp import registry
 from saeexp.errors import ConfigError
+from saeexp.interop import saelens
+from saeexp.util.files import temp_name
+from saeexp.util.redact import redact
 
 CONVENTIONS = {
     "input_scale": "trained on x * input_scale so that E||x|| = sqrt(d_in); folded into the saved weights",
@@ -19,37 +26,18 @@ CONVENTIONS = {
 }
 
 
-def temp_name(path: Path, kind: str = "tmp") -> Path:
-    """A sibling name no other writer uses, on any host sharing the filesystem: `<name>.<kind>.<host>.<pid>.<rand>`
-    (a pid alone repeats across the nodes of a cluster)."""
-    import socket
-    import uuid
+def save_sae(sae, directory: str | Path, model_cfg: dict, meta: dict, variant: str | None = None) -> Path:
+    """Save an SAE that takes raw inputs (the input scale already folded in); atomic as a directory.
 
-    return path.with_name(f"{path.name}.{kind}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file so that a reader (or a kill) never sees half of it."""
-    tmp = temp_name(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def save_sae(sae, directory: str | Path, model_cfg: dict, meta: dict) -> Path:
-    """Save an SAE that takes raw inputs (the input scale already folded in); atomic as a directory."""
-    from omegaconf import OmegaConf
-    from safetensors.torch import save_file
-
+    `variant` is the key of the model config it was built from (`relu`, or a key of a user's --config-dir); by
+    default the package's key whose config declares its class."""
     directory = Path(directory)
     tmp = temp_name(directory)
     tmp.mkdir(parents=True)
-    from saeexp.redact import redact
-    from saeexp.registry import variant_key
-
     save_file({k: v.cpu() for k, v in sae.artifact_state().items()}, str(tmp / "sae.safetensors"))
     # loading reads the variant key (the `_target_` stays as a record, and for readers of older folders)
-    variant = variant_key(str(model_cfg.get("_target_")))
-    (tmp / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create({"variant": variant, "model": model_cfg})))
+    variant = variant or registry.variant_key(str(model_cfg.get("_target_")))
+    (tmp / "config.yaml").write_text(yaml.safe_dump({"variant": variant, "model": model_cfg}, sort_keys=False))
     (tmp / "meta.json").write_text(json.dumps({**redact(meta), "conventions": CONVENTIONS}, indent=2))
     old = temp_name(directory, "old")
     if directory.exists():
@@ -86,8 +74,6 @@ def _plain(node, where: str):
 def build_saved_sae(spec: dict, where: str, config_dirs=None):
     """The SAE a saved `config.yaml` describes: its class by variant key from the model configs in use
     (saeexp.registry), its arguments plain values; a ConfigError for anything else."""
-    from saeexp import registry
-
     model = spec.get("model") if isinstance(spec, dict) else None
     if not isinstance(model, dict):
         raise ConfigError(f"{where}: expected a `model:` mapping of constructor arguments")
@@ -98,8 +84,8 @@ def build_saved_sae(spec: dict, where: str, config_dirs=None):
         if key is None:
             raise ConfigError(f"{where}: model _target_ {target!r} is not declared by any model config in use "
                               f"(expected one of {sorted(registry.variants(dirs).values())}); nothing was loaded")
-    cls = registry.variant_class(key, dirs, where)
-    if target is not None and target != registry.variants(dirs)[key]:
+    cls = registry.variant_class(str(key), dirs, where)
+    if target is not None and target != registry.variants(dirs)[str(key)]:
         raise ConfigError(f"{where}: model _target_ {target!r} disagrees with variant {key!r}; nothing was loaded")
     kwargs = _plain({k: v for k, v in model.items() if k != "_target_"}, where)
     try:
@@ -114,12 +100,6 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu", config_dirs=N
     Nothing named in the folder is imported or run: the variant key picks a class declared by the model
     configs in use (the package's `conf/model/` plus `config_dirs` and a running command's `--config-dir`).
     """
-    import yaml
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from saeexp.interop import saelens
-
     if saelens.is_folder(Path(path)):  # a SAELens folder (cfg.json + sae_weights.safetensors), read natively
         return saelens.load(Path(path))[0].to(device).eval()
     path = sae_dir(path)
@@ -147,8 +127,6 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu", config_dirs=N
 def load_meta(path: str | Path) -> dict:
     """`meta.json` of a saved SAE (plain JSON); a ConfigError naming the file when it cannot be read.
     For a SAELens folder, only what its cfg.json says (no input scale, no data config)."""
-    from saeexp.interop import saelens
-
     if saelens.is_folder(Path(path)):
         return {"saelens": saelens.read_cfg(Path(path))}
     path = sae_dir(path) / "meta.json"
@@ -161,17 +139,13 @@ def load_meta(path: str | Path) -> dict:
     return meta
 
 
-def saved_data_config(meta: dict, where: str):
+def saved_data_config(meta: dict, where: str) -> dict:
     """The data config a saved SAE was trained with, checked: only `_target_`s the data configs in use declare,
     no interpolations (a saved config is resolved at save time)."""
-    from omegaconf import OmegaConf
-
-    from saeexp import registry
-
     data = meta.get("data")
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: no `data` config recorded; pass data=... on the command line")
     registry.check_targets(data, "data", where)
     if "${" in json.dumps(data):
         raise ConfigError(f"{where}: the data config holds an interpolation ('${{'); expected resolved values")
-    return OmegaConf.create(data)
+    return data

@@ -1,4 +1,4 @@
-"""Metrics, with the conventions stated in the README.
+"""Metrics, with the conventions of docs/conventions.md.
 
 - MSE: squared error averaged over tokens and d_in, in the scaled space (E||x|| = sqrt(d_in)).
 - FVU: sum of squared errors / sum of squared deviations from the mean, over the whole evaluation set.
@@ -101,7 +101,7 @@ def feature_mcc(codes_BN: Tensor, acts_BF: Tensor) -> float:
     matching maximises their sum (Hungarian, so no learned feature stands for two true ones). A true
     feature left unmatched (fewer learned than true) or constant counts 0.
     """
-    from scipy.optimize import linear_sum_assignment
+    from scipy.optimize import linear_sum_assignment  # noqa: PLC0415 - scipy: only the MCC metric needs it
 
     def standardised(a):
         a = a.double()

@@ -7,29 +7,34 @@ nothing that the user's own configuration would not.
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+
+import yaml
 
 from saeexp.configtree import CONF_DIR as PACKAGE_CONF
 from saeexp.errors import ConfigError
+from saeexp.sae.base import SAE
 
 
 def config_dirs(extra=()) -> list[Path]:
-    """The package's `conf/`, the `--config-dir`s of the running Hydra command (if any), then `extra`."""
-    dirs = [PACKAGE_CONF]
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        sources = HydraConfig.get().runtime.config_sources
-        dirs += [Path(s.path) for s in sources if s.schema == "file" and s.path]
-    except (ValueError, ImportError, AttributeError):  # no Hydra command running: the package's configs only
-        pass
-    dirs += [Path(d) for d in extra]
+    """The package's `conf/`, then `extra` (a command's `--config-dir`s, which its entry passes down)."""
+    dirs = [PACKAGE_CONF, *(Path(d) for d in extra)]
     out = []
     for d in dirs:
         d = d.expanduser().resolve()
         if d not in out:
             out.append(d)
     return out
+
+
+def _import(path: str):
+    """The object a dotted `module.attr` path names (what Hydra's `_target_` resolution does)."""
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"cannot import {path!r} ({type(e).__name__}: {e})") from None
 
 
 def _targets_in(node) -> list[str]:
@@ -44,8 +49,6 @@ def _targets_in(node) -> list[str]:
 
 def group_targets(group: str, dirs=None) -> dict[str, list[str]]:
     """Option name -> the `_target_`s its `<dir>/<group>/<name>.yaml` declares (first the top-level one)."""
-    import yaml
-
     out: dict[str, list[str]] = {}
     for d in config_dirs() if dirs is None else [Path(p) for p in dirs]:
         for f in sorted((d / group).glob("*.yaml")):
@@ -70,15 +73,11 @@ def variant_key(target: str, dirs=None) -> str | None:
 
 def variant_class(key: str, dirs=None, where: str = "variant"):
     """The SAE class a variant key names; a ConfigError for a key no model config in use declares."""
-    from hydra.utils import get_class
-
-    from saeexp.sae.base import SAE
-
     known = variants(dirs)
     if not isinstance(key, str) or key not in known:
         raise ConfigError(f"{where}: variant {key!r} is not one of the model configs in use {sorted(known)} "
                           "(a variant of your own: pass its --config-dir)")
-    cls = get_class(known[key])
+    cls = _import(known[key])
     if not (isinstance(cls, type) and issubclass(cls, SAE)):
         raise ConfigError(f"{where}: variant {key!r} names {known[key]}, which is not an saeexp SAE class")
     return cls

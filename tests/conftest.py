@@ -51,7 +51,7 @@ def compose_cfg(overrides=(), config_name="config", run_dir=None):
     """Compose the real config tree (with Hydra's runtime fields filled) the way the CLI would."""
     from omegaconf import OmegaConf, open_dict
 
-    import saeexp.cli  # noqa: F401  (registers the run_name resolver)
+    import saeexp.build.resolvers  # noqa: F401  (registers the run_name resolver)
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -138,3 +138,11 @@ class WaitForFile:
                     time.sleep(0.1)
 
         return _Gate()
+
+
+def train_cfg(cfg) -> dict:
+    """What `saeexp` does with a composed config: plan it, then train the plan."""
+    from saeexp.build.plan import plan_run
+    from saeexp.jobs.train import train
+
+    return train(plan_run(cfg))

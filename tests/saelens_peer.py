@@ -7,11 +7,20 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
-
 from sae_lens import SAE
-from sae_lens.saes import (AbsTopKSAE, AbsTopKSAEConfig, GatedSAE, GatedSAEConfig, JumpReLUSAE, JumpReLUSAEConfig,
-                           StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig)
+from sae_lens.saes import (
+    AbsTopKSAE,
+    AbsTopKSAEConfig,
+    GatedSAE,
+    GatedSAEConfig,
+    JumpReLUSAE,
+    JumpReLUSAEConfig,
+    StandardSAE,
+    StandardSAEConfig,
+    TopKSAE,
+    TopKSAEConfig,
+)
+from safetensors.torch import load_file, save_file
 
 work = Path(sys.argv[1])
 x = load_file(str(work / "x.safetensors"))["x"]

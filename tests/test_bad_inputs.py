@@ -16,18 +16,17 @@ import torch
 SMALL = ["model.d_sae=64", "train.tokens=40960", "train.batch_size=1024", "train.log_every=10"]
 
 
-def run_cli(argv: list[str], capsys, entry="main") -> tuple[int, str]:
+def run_cli(argv: list[str], capsys, entry="train") -> tuple[int, str]:
     """Run a console script in this process (as `saeexp ARGS` would); its exit code and stderr.
-    `entry`: a function of saeexp.cli by name (`main`, `eval_main`), or the entry function itself."""
-    import saeexp.cli
-
+    `entry`: the script's module in saeexp.cli by name (`train`, `eval`), or the entry function itself."""
+    import importlib
     import logging
 
     old, sys.argv = sys.argv, list(argv)
     handlers = logging.root.handlers[:]
     try:
         with pytest.raises(SystemExit) as exited:
-            (getattr(saeexp.cli, entry) if isinstance(entry, str) else entry)()
+            (importlib.import_module(f"saeexp.cli.{entry}").main if isinstance(entry, str) else entry)()
     finally:
         sys.argv = old
         # logging handlers made during the call (Hydra's, Lightning's at import) hold this test's captured
@@ -184,16 +183,16 @@ def test_unreachable_tracking_server_is_one_line_within_seconds(tmp_path, capsys
 
 def test_eval_of_a_corrupted_sae_names_the_file(tmp_path, capsys):
     d = _saved_sae_corrupted(tmp_path)
-    code, err = run_cli(["saeexp-eval", str(d)], capsys, entry="eval_main")
+    code, err = run_cli(["saeexp-eval", str(d)], capsys, entry="eval")
     print(one_error_line(code, err, str(d / "sae.safetensors"), "not a readable"), file=sys.__stdout__)
     nothing_left(tmp_path)
 
 
 def test_resampler_on_topk_is_allowed_with_one_warning(compose_config, capsys):
-    from saeexp.train.run import build
+    from saeexp.build.plan import plan_run
 
     cfg = compose_config(["model=topk", "resampler=anthropic", *SMALL])
-    *_, resampler, _, _ = build(cfg)
+    resampler = plan_run(cfg).resampler
     assert resampler is not None
     warnings = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("saeexp: warning:")]
     assert len(warnings) == 1 and "AuxK" in warnings[0] and "resampler=anthropic" in warnings[0], warnings

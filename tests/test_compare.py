@@ -1,13 +1,13 @@
-"""One sparsity axis for every variant: runs train in-process through train(cfg), the report reads them back from
+"""One sparsity axis for every variant: runs train in-process through train_cfg(cfg), the report reads them back from
 MLflow and pools only runs that differ in nothing but the seed."""
 from __future__ import annotations
 
 import json
-import pytest
 
-from conftest import compose_cfg
-from saeexp.sweep.frontier import FVU, L0
-from saeexp.train.run import train
+import pytest
+from conftest import compose_cfg, train_cfg
+
+from saeexp.report.frontier import FVU, L0
 
 TINY = ["model=relu", "model.d_sae=32", "train.tokens=20480", "train.batch_size=1024", "train.log_every=10",
         "train.init_sample_tokens=2048", "data.heldout_tokens=2048", "name=compare"]
@@ -28,13 +28,13 @@ def sweep(tmp_path_factory):
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.setenv("SAEEXP_RUNS", str(root / "runs"))
         for name, overrides in RUNS.items():
-            train(compose_cfg([*TINY, *overrides], run_dir=root / "runs" / name))
+            train_cfg(compose_cfg([*TINY, *overrides], run_dir=root / "runs" / name))
     torch.set_num_threads(threads)
     return root, uri
 
 
 def _report(sweep):
-    from saeexp.sweep.pareto import report
+    from saeexp.jobs.pareto import report
 
     root, uri = sweep
     r = report("compare", uri, root / "out", do_reconcile=False, log=False)
@@ -80,7 +80,7 @@ def test_report_ignores_orphaned_runs(sweep, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     run_dir = root / "runs" / "dec_norm"
     old_id = (run_dir / "mlflow_run_id").read_text()
-    train(compose_cfg([*TINY, *RUNS["dec_norm"], "overwrite=true"], run_dir=run_dir))
+    train_cfg(compose_cfg([*TINY, *RUNS["dec_norm"], "overwrite=true"], run_dir=run_dir))
     new_id = (run_dir / "mlflow_run_id").read_text()
     client = MlflowClient(uri)
     assert old_id != new_id and "saeexp.orphaned" in client.get_run(old_id).data.tags

@@ -2,9 +2,9 @@
 from pathlib import Path
 
 import pytest
+from conftest import CONF, compose_cfg, expected_refusal
 from hydra.utils import instantiate
 
-from conftest import CONF, compose_cfg, expected_refusal
 from saeexp.errors import ConfigError
 
 GROUPS = sorted(p.parent.relative_to(CONF).as_posix() for p in CONF.glob("**/*.yaml") if p.parent != CONF)
@@ -25,9 +25,9 @@ def _extra(group, option, tmp_path):
 
 
 def _build(cfg):
-    from saeexp.train.run import build
+    from saeexp.build.plan import plan_run
 
-    return build(cfg)
+    return plan_run(cfg)
 
 
 def _launcher(option: str):
@@ -62,7 +62,8 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
             with pytest.raises(ConfigError, match="loss="):
                 _build(cfg)
             continue
-        source, sae, penalties, resampler, *_ = _build(cfg)
+        p = _build(cfg)
+        sae = p.sae
         instantiate(cfg.optimizer)(params=sae.parameters())
         instantiate(cfg.trainer, logger=False) if group == "trainer" and option == "cpu" else None
         assert sae.d_sae == 64
@@ -76,7 +77,7 @@ def test_groups_found():
 def test_every_model_builds_from_compose_without_the_console_script():
     """A notebook composes conf/ with Hydra's compose API and calls `build`/`train` without importing
     saeexp.cli: the tree's resolvers (`${times:...}`, `${fraction_of:...}`) must come with the trainer. In a
-    fresh process, since this suite's conftest imports saeexp.cli (bench/bench_variants.py broke on batchtopk's
+    fresh process, since this suite's conftest imports saeexp.cli (bench/speed/bench_variants.py broke on batchtopk's
     `${times:...}` that way)."""
     import subprocess
     import sys
@@ -84,10 +85,10 @@ def test_every_model_builds_from_compose_without_the_console_script():
     code = f"""
 import sys
 from hydra import compose, initialize_config_dir
-from saeexp.train.run import build
+from saeexp.build.plan import plan_run
 for m in {MODELS!r}:
     with initialize_config_dir(config_dir={str(CONF)!r}, version_base="1.3"):
-        build(compose("config", ["model=" + m, "model.d_sae=64"]))
+        plan_run(compose("config", ["model=" + m, "model.d_sae=64"]))
 assert "saeexp.cli" not in sys.modules
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import CONF, compose_cfg
+
+from saeexp.build.plan import plan_run
 from saeexp.errors import ConfigError
 from saeexp.losses import L0, L1, L1DecoderNorm
 from saeexp.sae.base import SAE
-from saeexp.train.run import build
 
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 
@@ -20,7 +20,7 @@ MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 @pytest.fixture(params=MODELS)
 def sae(request):
     cfg = compose_cfg([f"model={request.param}", "data.d_in=8", "model.d_sae=32"])
-    return build(cfg)[1]
+    return plan_run(cfg).sae
 
 
 def test_capabilities_are_declared_and_true(sae, one_thread):
@@ -80,11 +80,11 @@ def test_a_penalty_refuses_the_decoder_handling_it_does_not_declare(penalty):
     (["model=relu", "loss=l1_decoder_norm", "model.init_dec_norm=0.5"], "free", 0.5)])
 def test_auto_decoder_handling_is_the_penalty_s(overrides, norm, row_norm):
     """`model.decoder_norm=auto` (every model's default) becomes the chosen penalty's first declared handling."""
-    sae = build(compose_cfg([*overrides, "data.d_in=8", "model.d_sae=32"]))[1]
+    sae = plan_run(compose_cfg([*overrides, "data.d_in=8", "model.d_sae=32"])).sae
     assert sae.decoder_norm == norm
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.full((32,), row_norm))
 
 
 def test_an_explicit_decoder_handling_the_penalty_does_not_take_is_refused():
     with pytest.raises(ConfigError, match="^loss=l1 with model.decoder_norm=free: expected model.decoder_norm=unit"):
-        build(compose_cfg(["model=relu", "loss=l1", "model.decoder_norm=free", "data.d_in=8", "model.d_sae=32"]))
+        plan_run(compose_cfg(["model=relu", "loss=l1", "model.decoder_norm=free", "data.d_in=8", "model.d_sae=32"]))

@@ -2,7 +2,6 @@
 import os
 
 import torch
-
 from test_cli import SMALL, run
 
 

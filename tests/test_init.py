@@ -1,12 +1,11 @@
 """Initialisation from data (saeexp/train/init.py): the geometric median, and why b_dec starts there."""
 import numpy as np
 import torch
+from conftest import compose_cfg, train_cfg
 
-from conftest import compose_cfg
 from saeexp import load_sae
 from saeexp.data.synthetic import SyntheticSource
 from saeexp.train.init import b_dec_init, geometric_median
-from saeexp.train.run import train
 
 
 def test_geometric_median_by_hand():
@@ -34,7 +33,7 @@ def test_b_dec_starts_at_the_median_because_adam_cannot_walk_to_a_large_offset(t
     runs = {}
     for init in ("geometric_median", "zeros"):  # the default, then SAELens' init
         run_dir = tmp_path / init
-        runs[init] = train(compose_cfg([
+        runs[init] = train_cfg(compose_cfg([
             "model=relu", "loss=l1_decoder_norm", "loss.l1=1e-1", "data=file", f"data.path={tmp_path / 'x.npy'}",
             "data.d_in=32", "model.d_sae=512", "train.batch_size=2048", "train.tokens=300_000",
             "train.log_every=1000", "train.checkpoint_every=100000", f"train.b_dec_init={init}"], run_dir=run_dir))

@@ -1,9 +1,9 @@
 """conf/data/lm.yaml lists keys only so that `data.<key>=` overrides work: they must equal the defaults."""
 import inspect
 
+from conftest import CONF
 from omegaconf import OmegaConf
 
-from conftest import CONF
 from saeexp.data.lm import LMSource
 
 

@@ -4,7 +4,7 @@ times larger, and streamed for five times more tokens.
 Each run is a fresh process: the real cache, reader, stream buffer and trainer, with the model replaced by
 tests/lm_fakes.py (a character tokenizer and a fixed function of the tokens). A thread samples the process's
 whole resident set (VmRSS: anonymous memory and mapped file pages alike, as `/usr/bin/time` counts it; a memory
-map of the cache would grow it by the cache's size) while `train(cfg)` runs."""
+map of the cache would grow it by the cache's size) while `train_cfg(cfg)` (plan, then train) runs."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from lm_fakes import write_corpus
 
 RUN = textwrap.dedent("""
@@ -23,7 +22,7 @@ RUN = textwrap.dedent("""
     from lightning.pytorch.callbacks import Callback
     from conftest import compose_cfg
     from lm_fakes import FakeLMSource
-    from saeexp.train.run import train
+    from conftest import train_cfg
 
     def rss_kb():
         for line in open("/proc/self/status"):
@@ -59,7 +58,7 @@ RUN = textwrap.dedent("""
                 first.append(peak[-1])
             time.sleep(0.005)
     t = threading.Thread(target=sample, daemon=True); t.start()
-    train(cfg)
+    train_cfg(cfg)
     stop[0] = True; t.join()
     print("RESULT", json.dumps({"peak_kb": max(peak), "first_kb": max(first)}))
 """)

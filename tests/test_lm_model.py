@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import compose_cfg
+
 from saeexp.data.lm import LMSource
 from saeexp.errors import ConfigError
 from saeexp.lm import ce
@@ -103,11 +103,10 @@ def _lm_cfg(tmp_path, name, *extra):
 
 
 def test_short_real_run_then_second_run_reuses_cache_without_the_model(smol, tmp_path, monkeypatch):
+    from conftest import train_cfg
     from safetensors.torch import load_file
 
-    from saeexp.train.run import train
-
-    first = train(_lm_cfg(tmp_path, "a"))
+    first = train_cfg(_lm_cfg(tmp_path, "a"))
     assert 0.0 < first["ce_loss_recovered"] < 1.0
     assert first["ce_zero"] > first["ce_spliced"] > first["ce_clean"]
     assert (tmp_path / "a" / "sae" / "sae.safetensors").exists()
@@ -118,7 +117,7 @@ def test_short_real_run_then_second_run_reuses_cache_without_the_model(smol, tmp
         raise AssertionError("the model was loaded although the cache exists")
 
     monkeypatch.setattr(lm_model, "load_model", no_model)
-    second = train(_lm_cfg(tmp_path, "b", "data.model_eval=false"))
+    second = train_cfg(_lm_cfg(tmp_path, "b", "data.model_eval=false"))
     assert "ce_loss_recovered" not in second
     for k in ("l0", "fvu", "mse", "input_scale"):
         assert second[k] == first[k], k  # identical data, identical training

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from lm_fakes import FakeLMSource, write_corpus
+
 from saeexp.errors import ConfigError
 from saeexp.lm import store
 

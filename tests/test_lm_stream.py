@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import compose_cfg
+
 from saeexp.data.lm import LMSource
 from saeexp.lm import model as lm_model
 
@@ -35,12 +35,12 @@ def _cfg(tmp_path, name, *extra):
 
 
 def test_stream_scores_like_the_cache_on_the_same_tokens_and_writes_nothing(smol, tmp_path):
-    from saeexp.train.run import train
+    from conftest import train_cfg
 
     cache = Path(compose_cfg([]).paths.cache_dir)  # this test's own (the model itself is loaded once per session)
-    streamed = train(_cfg(tmp_path, "stream", "data.stream=true"))
+    streamed = train_cfg(_cfg(tmp_path, "stream", "data.stream=true"))
     assert not (cache / "activations").exists()  # nothing harvested into the cache
-    cached = train(_cfg(tmp_path, "cache"))
+    cached = train_cfg(_cfg(tmp_path, "cache"))
     assert streamed["tokens"] == cached["tokens"] == 32768
     print(f"held-out FVU: stream {streamed['fvu']:.4f}, cache {cached['fvu']:.4f}; L0 {streamed['l0']:.1f}, "
           f"{cached['l0']:.1f}")

@@ -43,8 +43,8 @@ def test_metrics_match_hand_computation():
 
 def test_dead_window_counts_tokens():
     sae = _identity_sae()
-    sae.update_firing(torch.tensor([[1.0, 0.0, 0.0]] * 100))
-    sae.update_firing(torch.tensor([[0.0, 1.0, 0.0]] * 50))
+    sae.update_firing(torch.tensor([True, False, False]), 100)
+    sae.update_firing(torch.tensor([False, True, False]), 50)
     assert sae.tokens_since_fired.tolist() == [50, 0, 150]
     assert sae.dead_mask(100).tolist() == [False, False, True]
 

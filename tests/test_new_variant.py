@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import compose_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,9 +62,9 @@ def test_a_new_variant_is_one_py_and_one_yaml(user_dir, tmp_path, one_thread):
 
     conf = user_dir / "conf"
     cfg = compose_cfg(["model=shifted", f"hydra.searchpath=[file://{conf}]", *TINY])
-    from saeexp.train.run import build
+    from saeexp.build.plan import plan_run
 
-    check_contract(build(cfg)[1])
+    check_contract(plan_run(cfg).sae)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(user_dir), os.environ.get("PYTHONPATH", "")])}
     run = subprocess.run(["saeexp", "--config-dir", str(conf), "model=shifted", "name=newvar", *TINY],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -84,8 +83,9 @@ def test_a_new_variant_is_one_py_and_one_yaml(user_dir, tmp_path, one_thread):
     HydraConfig.instance().cfg = None
     with pytest.raises(ConfigError, match="shifted"):
         saeexp.load_sae(sae_dir)
-    bench = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_variants.py"), "--config-dir", str(conf),
-                            "--variants", "shifted", "--widths", "128", "--d-in", "16", "--batch", "256",
-                            "--repeats", "1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    bench = subprocess.run([sys.executable, str(ROOT / "bench" / "speed" / "bench_variants.py"),
+                            "--config-dir", str(conf), "--variants", "shifted", "--widths", "128", "--d-in", "16",
+                            "--batch", "256", "--repeats", "1"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=600)
     assert bench.returncode == 0, bench.stderr[-2000:]
     assert any(line.split()[:2] == ["shifted", "128"] for line in bench.stdout.splitlines()), bench.stdout

@@ -4,8 +4,8 @@ import itertools
 
 import pytest
 import torch
-
 from conftest import compose_cfg
+
 from saeexp.data.synthetic import SyntheticSource
 from saeexp.losses import L1, MSE
 from saeexp.losses.ortho import DecoderOrthogonality
@@ -146,16 +146,17 @@ def test_training_with_ortho_lowers_dec_mmcs(pairs, features, margin, coef, one_
 
 @pytest.mark.parametrize("option", ["nearest", "active", "all"])
 def test_one_override_adds_the_term_alongside_the_penalty(option, tmp_path):
-    from saeexp.train.run import build
+    from saeexp.build.plan import plan_run
 
-    cfg = compose_cfg([f"ortho={option}", "loss.extra.ortho.coef=0.25", "model.d_sae=64"], run_dir=tmp_path)
-    _, sae, penalties, *_ = build(cfg)
+    cfg = compose_cfg([f"ortho={option}", "ortho.coef=0.25", "model.d_sae=64"], run_dir=tmp_path)
+    p = plan_run(cfg)
+    penalties = p.penalties
     names = [p.name for p in penalties]
     assert names[0] == "l1" and "ortho" in names
     ortho = penalties[names.index("ortho")]
     assert ortho.coef == 0.25 and ortho.pairs == ("all" if option == "all" else "nearest")
     assert ortho.features == ("active" if option == "active" else "all")
-    assert "ortho" not in [p.name for p in build(compose_cfg(["model.d_sae=64"], run_dir=tmp_path))[2]]
+    assert "ortho" not in [p.name for p in plan_run(compose_cfg(["model.d_sae=64"], run_dir=tmp_path)).penalties]
 
 
 def test_dec_mmcs_is_logged_during_training(tmp_path, one_thread):
@@ -163,13 +164,15 @@ def test_dec_mmcs_is_logged_during_training(tmp_path, one_thread):
     from hydra.utils import instantiate
     from lightning.pytorch.loggers import Logger
 
+    from saeexp.build.plan import plan_run
     from saeexp.train.datamodule import ActivationDataModule
     from saeexp.train.module import DEC_MMCS_EVERY_LOGS, SAEModule
-    from saeexp.train.run import build
 
     cfg = compose_cfg(["model.d_sae=32", "train.tokens=6144", "train.batch_size=256", "ortho=nearest"],
                       run_dir=tmp_path)
-    source, sae, penalties, resampler, batch_size, steps = build(cfg)
+    p = plan_run(cfg)
+    source, sae, penalties = p.source, p.sae, p.penalties
+    batch_size, steps = p.schedule.batch_size, p.schedule.steps
     module = SAEModule(sae, penalties, instantiate(cfg.optimizer), total_steps=steps, log_every=1)
     seen = []
 

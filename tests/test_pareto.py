@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from saeexp.sweep.frontier import CE, FVU, L0, aggregate, mark_frontiers, pareto_mask
+from saeexp.report.frontier import CE, FVU, L0, aggregate, mark_frontiers, pareto_mask
 
 # (variant, coefficient, width, seed) -> (L0, FVU, CE recovered); hand-computed frontiers below
 POINTS = {
@@ -85,7 +85,7 @@ def _log_run(uri: str, experiment: str, key: tuple, values: tuple) -> str:
 def _create(client, experiment):
     from mlflow.exceptions import MlflowException
 
-    from saeexp.tracking import artifact_location
+    from saeexp.tracking.store import artifact_location
 
     try:
         return client.create_experiment(experiment, artifact_location=artifact_location(client.tracking_uri))
@@ -96,11 +96,11 @@ def _create(client, experiment):
 def _report_and_check(uri, experiment, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from saeexp.sweep.pareto import report
+    from saeexp.jobs.pareto import report
 
     r = report(experiment, uri, tmp_path / "out", do_reconcile=False)
     assert r["status_counts"] == {"FINISHED": len(POINTS)}
-    from saeexp.sweep.frontier import Point
+    from saeexp.report.frontier import Point
 
     _check([Point(p["series"], p["label"], p["control"], p["value"], p["mean"], p["sd"], p["seeds"], p["run_ids"],
                   p["frontier"]) for p in r["points"]])
@@ -125,7 +125,7 @@ def test_report_on_the_default_sqlite_store(tmp_path):
 
 
 def test_cli_prints_the_table(tmp_path, capsys, monkeypatch):
-    from saeexp.sweep.pareto import main
+    from saeexp.cli.pareto import main
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     for key, values in list(POINTS.items())[:4]:
@@ -138,7 +138,7 @@ def test_cli_prints_the_table(tmp_path, capsys, monkeypatch):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from saeexp.sweep.services import mlflow_server
+    from services import mlflow_server
 
     port = int(os.environ.get("SAEEXP_TEST_MLFLOW_PORT_PARETO", "5927"))
     with mlflow_server(tmp_path_factory.mktemp("mlflow"), port) as uri:

@@ -1,11 +1,11 @@
-"""The quality benchmark's comparison rule (bench/quality_report.py), against hand computations."""
+"""The quality benchmark's comparison rule (bench/quality/quality_report.py), against hand computations."""
 import math
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "quality"))
 import quality_report as qr  # noqa: E402
 
 

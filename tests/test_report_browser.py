@@ -9,8 +9,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from saeexp.sweep.frontier import CE, FVU, L0, Point, mark_frontiers
-from saeexp.sweep.plots import interactive_html
+from saeexp.report.frontier import CE, FVU, L0, Point, mark_frontiers
+from saeexp.report.plots import interactive_html
 
 SERIES = {"relu+l1": 1.0, "relu+l1_decoder_norm": 0.9, "topk": 0.8, "gated d_sae=64": 0.7, "gated d_sae=128": 0.6}
 

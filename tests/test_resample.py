@@ -5,9 +5,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import CONF, SimulatedCrash, compose_cfg
 from lightning.pytorch.callbacks import Callback
 
-from conftest import CONF, SimulatedCrash, compose_cfg
 from saeexp.data.synthetic import SyntheticSource
 from saeexp.losses import L1, MSE
 from saeexp.resample.anthropic import AnthropicResampler
@@ -108,6 +108,7 @@ def test_inputs_drawn_in_proportion_to_squared_error():
 
     pick = resample_features(sae, torch.arange(8), x, generator=torch.Generator().manual_seed(0))
     assert (pick < 10).all()
+    assert len(set(pick.tolist())) == 8  # distinct inputs: no two dead features become clones
     assert rs.lr_factor(5) == 1.0  # no resample yet: no re-warm
 
 
@@ -152,11 +153,13 @@ def _fit(cfg, steps_cb=None):
     import lightning as L
     from hydra.utils import instantiate
 
+    from saeexp.build.plan import plan_run
     from saeexp.train.datamodule import ActivationDataModule
     from saeexp.train.module import SAEModule
-    from saeexp.train.run import build
 
-    source, sae, penalties, resampler, batch_size, steps = build(cfg)
+    p = plan_run(cfg)
+    source, sae, penalties, resampler = p.source, p.sae, p.penalties, p.resampler
+    batch_size, steps = p.schedule.batch_size, p.schedule.steps
     module = SAEModule(sae, penalties, instantiate(cfg.optimizer), total_steps=steps, log_every=2,
                        dead_window_tokens=cfg.train.dead_window_tokens)
     step_cb = [Resampling(resampler)] if resampler is not None else []
@@ -214,14 +217,14 @@ def test_every_model_accepts_the_resampler_with_its_default_penalty(tmp_path, on
 
 
 def test_refused_combinations_are_refused(tmp_path):
+    from saeexp.build.plan import plan_run
     from saeexp.errors import ConfigError
-    from saeexp.train.run import build
 
     for overrides in (["model=relu", "loss=none"], ["model=topk", "loss=l1"], ["model=relu", "loss=l0"],
                       ["model=relu", "loss=l1_decoder_norm", "model.decoder_norm=unit"],
-                      ["resampler=anthropic", "resampler.at=[1.5]"], ["ortho=nearest", "loss.extra.ortho.pairs=some"]):
+                      ["resampler=anthropic", "resampler.at=[1.5]"], ["ortho=nearest", "ortho.pairs=some"]):
         with pytest.raises(ConfigError):
-            build(compose_cfg(overrides + ["model.d_sae=32"], run_dir=tmp_path))
+            plan_run(compose_cfg(overrides + ["model.d_sae=32"], run_dir=tmp_path))
 
 
 def test_lr_is_rewarmed_in_training_after_the_resample(tmp_path, one_thread):
@@ -263,22 +266,21 @@ class DeadAtStart(Callback):
 def test_resumed_run_resamples_like_an_uninterrupted_one(tmp_path):
     import json
 
+    from conftest import train_cfg
     from safetensors.torch import load_file
-
-    from saeexp.train.run import train
 
     common = ["model=relu", "model.d_sae=128", "train.tokens=30720", "train.batch_size=512",
               "train.checkpoint_every=20",
               "train.log_every=10", "resampler=anthropic", "resampler.at=[0.5,0.75]",
               "resampler.window_tokens=2048", "resampler.reservoir_tokens=2048", "resampler.rewarm_steps=10",
-              "loss.l1=0.1", "ortho=active", "loss.extra.ortho.refresh_every=7", "loss.extra.ortho.coef=0.1",
+              "loss.l1=0.1", "ortho=active", "ortho.refresh_every=7", "ortho.coef=0.1",
               "+callbacks.dead._target_=test_resample.DeadAtStart", "+callbacks.dead.n=16"]
-    train(compose_cfg(common, run_dir=tmp_path / "full"))
+    train_cfg(compose_cfg(common, run_dir=tmp_path / "full"))
     cut = compose_cfg(common + ["+callbacks.cut._target_=conftest.InterruptAt", "+callbacks.cut.step=27"],
                       run_dir=tmp_path / "cut")
     with pytest.raises(SimulatedCrash):
-        train(cut)
-    train(compose_cfg(common, run_dir=tmp_path / "cut"))  # resumes from step 20 (before the point at 30)
+        train_cfg(cut)
+    train_cfg(compose_cfg(common, run_dir=tmp_path / "cut"))  # resumes from step 20 (before the point at 30)
     a = load_file(str(tmp_path / "full/sae/sae.safetensors"))
     b = load_file(str(tmp_path / "cut/sae/sae.safetensors"))
     for k in a:

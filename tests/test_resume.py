@@ -3,30 +3,31 @@ import json
 
 import pytest
 import torch
+from conftest import SimulatedCrash, compose_cfg, train_cfg
 from safetensors.torch import load_file
-
-from conftest import SimulatedCrash, compose_cfg
-from saeexp.train.run import train
 
 COMMON = ["model.d_sae=64", "train.tokens=40960", "train.batch_size=512", "train.checkpoint_every=20",
           "train.log_every=10", "train.lr_decay_tokens=20480", "train.sparsity_warmup_tokens=10240",
           "train.lr_warmup_tokens=5120"]
 
 
-def test_resume_matches_uninterrupted(tmp_path):
+# the target-L0 controller's state (its integral) is part of the checkpoint: a resumed run continues it
+@pytest.mark.parametrize("extra", [[], ["model=relu", "train.target_l0=16"]], ids=["default", "target_l0"])
+def test_resume_matches_uninterrupted(extra, tmp_path):
+    COMMON = [*globals()["COMMON"], *extra]
     full = compose_cfg(COMMON, run_dir=tmp_path / "full")
-    train(full)
+    train_cfg(full)
 
     cut = compose_cfg(COMMON + ["+callbacks.cut._target_=conftest.InterruptAt", "+callbacks.cut.step=47"],
                       run_dir=tmp_path / "cut")
     with pytest.raises(SimulatedCrash):
-        train(cut)
+        train_cfg(cut)
     ckpt = torch.load(tmp_path / "cut/checkpoints/last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 40  # the last periodic checkpoint before the interruption
     run_id = (tmp_path / "cut/mlflow_run_id").read_text()
 
     resumed = compose_cfg(COMMON, run_dir=tmp_path / "cut")
-    train(resumed)
+    train_cfg(resumed)
     assert (tmp_path / "cut/mlflow_run_id").read_text() == run_id  # same MLflow run
 
     a = load_file(str(tmp_path / "full/sae/sae.safetensors"))

@@ -13,19 +13,19 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import CONF, ROOT
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 
-from conftest import CONF, ROOT
-from saeexp.identity import HASH_CHARS
+from saeexp.build.identity import HASH_CHARS
 from saeexp.io import temp_name
 from saeexp.train.lock import LOCK_NAME, RunLock, RunLocked
 
 
 def run_dir(overrides, conf=CONF) -> str:
     """The run directory Hydra would create for `saeexp <overrides>`."""
-    import saeexp.cli  # noqa: F401  (the run_name resolver)
+    import saeexp.build.resolvers  # noqa: F401  (the run_name resolver)
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):

@@ -9,16 +9,15 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
+from conftest import ROOT, compose_cfg
+from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
-from omegaconf import OmegaConf
-
-from conftest import ROOT, compose_cfg
 from saeexp.errors import ConfigError
 from saeexp.interop import saelens_write
 from saeexp.io import load_sae, save_sae
@@ -96,7 +95,7 @@ def peer(tmp_path_factory, saelens_python):
     # a run directory as training leaves it (sae/, and the report's firing frequencies, which become
     # sparsity.safetensors), trained on data=lm as far as its metadata says; exported by the console script
     from saeexp.metrics import evaluate
-    from saeexp.report import write_report
+    from saeexp.report.score import write_report
 
     run, sae = work / "run", _random(ReLUSAE, 9)
     data_lm = OmegaConf.to_container(compose_cfg(["data=lm"]).data, resolve=True)
@@ -169,23 +168,25 @@ def test_eval_and_finetune_score_a_saelens_folder_without_writing_into_it(peer, 
     before = snapshot(folder)
     folder.chmod(0o555)  # read-only, as a downloaded release often is
     try:
-        from saeexp.evaluate import evaluate_saved
+        from saeexp.build.saved import plan_finetune, plan_saved
+        from saeexp.jobs.evaluate import evaluate_saved
 
         with pytest.raises(ConfigError, match="SAELens folder with no saeexp data config: pass data="):
-            evaluate_saved(compose_cfg([f"sae={folder}"], config_name="eval"))
+            plan_saved(compose_cfg([f"sae={folder}"], config_name="eval"))
         # without out=, results go under the runs root, named after the folder
-        evaluate_saved(compose_cfg([f"sae={folder}", "data=synthetic", "data.heldout_tokens=2048"],
-                                   config_name="eval"))
+        evaluate_saved(plan_saved(compose_cfg([f"sae={folder}", "data=synthetic", "data.heldout_tokens=2048"],
+                                              config_name="eval")))
         assert (Path(os.environ["SAEEXP_RUNS"]) / "eval" / "standard" / "eval_metrics.json").is_file()
         out = tmp_path / "scored"
         p = script("saeexp-eval", str(folder), "data=synthetic", "data.heldout_tokens=4096", "--out", str(out))
         ev = json.loads((out / "eval_metrics.json").read_text())
         assert ev["l0"] > 0 and ev["fvu"] > 0 and "fvu=" in p.stdout
         tuned = tmp_path / "tuned"
-        from saeexp.finetune import finetune_saved
+        from saeexp.jobs.finetune import finetune_saved
 
-        finetune_saved(compose_cfg([f"sae={folder}", "data=synthetic", "data.heldout_tokens=2048", "method=decoder",
-                                    "tokens=8192", "batch_size=1024", f"out={tuned}"], config_name="finetune"))
+        finetune_saved(plan_finetune(compose_cfg([f"sae={folder}", "data=synthetic", "data.heldout_tokens=2048",
+                                                  "method=decoder", "tokens=8192", "batch_size=1024", f"out={tuned}"],
+                                                 config_name="finetune")))
         summary = json.loads((tuned / "finetune_summary.json").read_text())
         (b, a) = summary["before_after"]["mse"]
         assert a < b  # fine-tuning on reconstruction lowers the error of a random SAE
@@ -226,7 +227,7 @@ def test_refusals_are_one_line(peer, tmp_path):
                                                       .read_bytes())
         with pytest.raises(ConfigError, match=words):
             load_sae(odd)
-    from saeexp.interop.cli import export_saved
+    from saeexp.jobs.export import export_saved
 
     with pytest.raises(ConfigError, match="exists and is not empty"):  # nothing already there is overwritten
         export_saved(work / "native" / "standard", work / "native" / "jumprelu")

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_bad_inputs import SMALL, nothing_left, one_error_line, run_cli
 
 import saeexp
 from saeexp.errors import ConfigError
 from saeexp.io import save_sae
 from saeexp.sae import ReLUSAE
-from test_bad_inputs import SMALL, nothing_left, one_error_line, run_cli
 
 
 class Payload:
@@ -82,7 +82,7 @@ def test_a_planted_config_is_refused_and_runs_nothing(name, config, tmp_path, ca
     (d / "config.yaml").write_text(text)
     with pytest.raises(ConfigError, match="config.yaml"):
         saeexp.load_sae(d)
-    code, err = run_cli(["saeexp-eval", str(d)], capsys, entry="eval_main")
+    code, err = run_cli(["saeexp-eval", str(d)], capsys, entry="eval")
     print(one_error_line(code, err, "config.yaml"), file=sys.__stdout__)
     assert not marker.exists()
 
@@ -98,9 +98,9 @@ def test_a_planted_meta_data_entry_is_refused_by_eval_and_finetune(data, tmp_pat
     meta = json.loads((d / "meta.json").read_text())
     text = json.dumps({**meta, "data": data}).replace("CODE", json.dumps(_marker_code(marker))[1:-1])
     (d / "meta.json").write_text(text)
-    from saeexp.finetune import main as finetune_main
+    from saeexp.cli.finetune import main as finetune_main
 
-    for entry, argv in (("eval_main", ["saeexp-eval", str(d)]),
+    for entry, argv in (("eval", ["saeexp-eval", str(d)]),
                         (finetune_main, ["saeexp-finetune", f"sae={d}", "tokens=4096", "batch_size=1024"])):
         code, err = run_cli(argv, capsys, entry=entry)
         print(one_error_line(code, err, "meta.json"), file=sys.__stdout__)
@@ -120,7 +120,7 @@ def test_a_pickled_checkpoint_is_refused_before_it_is_loaded(tmp_path, capsys):
 
 @pytest.mark.parametrize("value", ["..", "../x", "../../escape", "/abs", "a/b", "a\\b", "", " x", "x" * 201])
 def test_path_parts_refuse_escapes(value):
-    from saeexp.safepath import check_inside, path_part
+    from saeexp.util.safepath import check_inside, path_part
 
     with pytest.raises(ConfigError, match="expected a plain name"):
         path_part("experiment", value)
@@ -136,7 +136,7 @@ def test_a_swept_experiment_name_is_checked_before_the_sweep_writes(tmp_path, ca
 
 
 def test_secrets_are_masked_in_keys_uris_and_text():
-    from saeexp.redact import is_secret_key, redact, redact_text
+    from saeexp.util.redact import is_secret_key, redact, redact_text
 
     assert redact_text("at http://alice:s3cret@mlflow.lan:5000/x") == "at http://***@mlflow.lan:5000/x"
     assert redact_text("http://u:p@ss@h/a@b") == "http://***@h/a@b"
@@ -149,13 +149,15 @@ def test_secrets_are_masked_in_keys_uris_and_text():
 def test_mlflow_params_and_config_artifact_hold_no_secrets(compose_config, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from saeexp.tracking import log_config, make_logger
+    from saeexp.build.plan import plan_run
+    from saeexp.tracking.logger import log_config, open_run
 
     uri = os.environ["MLFLOW_TRACKING_URI"]
     cfg = compose_config(["+extra.api_token=hf_abc123", "+extra.db_password=hunter2",
                           "+extra.uri='https://alice:s3cret@mlflow.example'"], run_dir=tmp_path / "run")
-    logger = make_logger(cfg, tmp_path / "run")
-    log_config(logger, cfg, tmp_path / "run")
+    tracking = plan_run(cfg).tracking
+    logger = open_run(tracking, tmp_path / "run")
+    log_config(logger, tracking, tmp_path / "run")
     client = MlflowClient(uri)
     params = client.get_run(logger.run_id).data.params
     art = Path(client.download_artifacts(logger.run_id, "config.yaml", str(tmp_path / "dl"))).read_text()
@@ -168,7 +170,7 @@ def test_mlflow_params_and_config_artifact_hold_no_secrets(compose_config, tmp_p
 
 
 def test_a_printed_error_masks_uri_credentials(capsys):
-    from saeexp.guard import fail
+    from saeexp.cli.refuse import fail
 
     with pytest.raises(SystemExit):
         fail(ConfigError("cannot reach https://alice:s3cret@mlflow.example/api"))
@@ -180,9 +182,10 @@ def test_metrics_survive_a_logging_outage(tmp_path, compose_config, monkeypatch)
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from saeexp.tracking import make_logger
+    from saeexp.build.plan import plan_run
+    from saeexp.tracking.logger import open_run
 
-    logger = make_logger(compose_config([], run_dir=tmp_path / "run"), tmp_path / "run")
+    logger = open_run(plan_run(compose_config([], run_dir=tmp_path / "run")).tracking, tmp_path / "run")
     real, calls = logger.experiment.log_batch, []
 
     def flaky(*a, **k):
@@ -213,7 +216,7 @@ def test_the_shared_mlflow_server_is_not_opened_without_authentication(tmp_path)
 
 
 def test_pareto_refuses_an_experiment_name_that_escapes(capsys):
-    from saeexp.sweep.pareto import main
+    from saeexp.cli.pareto import main
 
     with pytest.raises(SystemExit) as e:
         main(["../../escape"])

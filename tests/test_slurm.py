@@ -21,7 +21,7 @@ TINY = ["model=relu", "model.d_sae=64", "train.batch_size=1024", "train.init_sam
 
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):
-    from saeexp.sweep.services import mlflow_server, slurm_cluster
+    from services import mlflow_server, slurm_cluster
 
     root = tmp_path_factory.mktemp("services")
     port_base = int(os.environ.get("SAEEXP_TEST_SLURM_PORT_BASE", "6917"))
@@ -33,7 +33,9 @@ def services(tmp_path_factory):
 @pytest.fixture
 def env(services, tmp_path):
     # one thread per job: tiny models on a 2-core box run ~6x faster than with torch's default pool
-    return {**os.environ, **services, "SAEEXP_RUNS": str(tmp_path / "runs"), "OMP_NUM_THREADS": "1"}
+    tests = str(Path(__file__).resolve().parent)  # the jobs import the fault injector from tests/faults.py
+    return {**os.environ, **services, "SAEEXP_RUNS": str(tmp_path / "runs"), "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)}
 
 
 def sweep(env, cwd, *args, timeout=300, wait=True):
@@ -132,10 +134,10 @@ def test_usr2_preemption_requeues_and_resumes_in_the_same_run(env, tmp_path):
 
 
 def test_a_failing_job_does_not_stop_the_others_and_a_killed_one_is_reconciled(env, tmp_path):
-    from saeexp.sweep.pareto import report
+    from saeexp.jobs.pareto import report
 
     out = sweep(env, tmp_path, "name=faults", *TINY, "train.tokens=8192",
-                "+callbacks.fault._target_=saeexp.sweep.faults.FaultAt", "+callbacks.fault.kind=none,raise,kill")
+                "+callbacks.fault._target_=faults.FaultAt", "+callbacks.fault.kind=none,raise,kill")
     assert out.returncode != 0  # the sweep reports its failures
     client, runs = runs_of(env, "faults")
     by_kind = {r.data.params["callbacks.fault.kind"]: r for r in runs}
@@ -159,7 +161,7 @@ def test_submitit_job_waits_have_deadlines(env, tmp_path):
     """A job cancelled from outside ends the wait with an error, not a hang (needs accounting: sacct)."""
     import submitit
 
-    from saeexp.sweep.hooks import result_within
+    from saeexp.cli.sweep_setup import result_within
 
     os.environ["SLURM_CONF"] = env["SLURM_CONF"]
     ex = submitit.AutoExecutor(folder=tmp_path / "submitit" / "%j", cluster="slurm")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from lm_fakes import write_corpus
+
 from saeexp.data.mixing import FillSchedule, MixingBuffer
 from saeexp.errors import ConfigError
 
@@ -96,7 +96,7 @@ def test_corpus_running_out_is_refused_unless_epochs_allow(small_corpus, tmp_pat
     def source(**kw):
         src = FakeLMSource(d_in=32, corpus=[small_corpus], cache_dir=str(tmp_path), stream=True, heldout_tokens=254,
                            stream_buffer_tokens=2048, **kw)
-        src.check_tokens(5120)  # as train() does before the run: a stream learns its corpus's length as it reads
+        src.check_tokens(5120)  # as plan_run() does: a stream learns its corpus's length as it reads
         return src
 
     it = source().batches(128, seed=0)
@@ -121,7 +121,7 @@ RUN = textwrap.dedent("""
     from safetensors.torch import load_file
     from conftest import compose_cfg
     from test_stream import _stream_cfg
-    from saeexp.train.run import train
+    from conftest import train_cfg
     corpus, root, mode = sys.argv[2], sys.argv[3], sys.argv[4]
     cfg = lambda name, *extra: compose_cfg(_stream_cfg(corpus, name, "data.epochs=2", *extra), run_dir=f"{root}/{name}")
     if mode == "kill":
@@ -132,9 +132,9 @@ RUN = textwrap.dedent("""
                     open(f"{root}/stopped", "w").close()
                     time.sleep(600)
         conftest.Stop = Stop
-        train(cfg("cut", "data.stream_overlap=true", "+callbacks.stop._target_=conftest.Stop"))
+        train_cfg(cfg("cut", "data.stream_overlap=true", "+callbacks.stop._target_=conftest.Stop"))
     else:
-        out = {"resumed": train(cfg("cut", "data.stream_overlap=true")), "full": train(cfg("full"))}
+        out = {"resumed": train_cfg(cfg("cut", "data.stream_overlap=true")), "full": train_cfg(cfg("full"))}
         w = {k: load_file(f"{root}/{k}/sae/sae.safetensors") for k in ("cut", "full")}
         out["equal"] = all(torch.equal(w["cut"][n], w["full"][n]) for n in w["full"])
         print("RESULT", json.dumps(out))

@@ -6,11 +6,11 @@ import signal
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from saeexp.cli import CONF_DIR
+from saeexp.configtree import CONF_DIR
 
 
 def _trainer(name: str):
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", [f"trainer={name}"])
     return instantiate(cfg.trainer, accelerator="cpu", precision="32-true", logger=False, max_steps=1)
 
@@ -31,7 +31,7 @@ def test_outside_slurm_nothing_changes(monkeypatch):
 
 
 def test_preemption_callback_is_inert_without_submitit():
-    from saeexp.sweep.preemption import PreemptionCheckpoint, preempt_signal
+    from saeexp.train.preemption import PreemptionCheckpoint, preempt_signal
 
     before = signal.getsignal(preempt_signal())
     cb = PreemptionCheckpoint()

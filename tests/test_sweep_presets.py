@@ -9,14 +9,14 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from saeexp.cli import CONF_DIR
+from saeexp.configtree import CONF_DIR
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
 PRESETS = [e for e in EXPERIMENTS if "sweeper" in (Path(CONF_DIR) / "experiment" / f"{e}.yaml").read_text()]
 
 
 def _compose(name: str, overrides=()):
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return compose("config", [f"experiment={name}", *overrides], return_hydra_config=True)
 
 
@@ -24,7 +24,7 @@ def _compose(name: str, overrides=()):
 def test_experiment_is_a_diff_of_the_main_config(name, monkeypatch, tmp_path):
     """An experiment changes the main config (its own name, and values) and a command line still wins over it."""
     monkeypatch.setenv("SAEEXP_RUNS", str(tmp_path))
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         base = compose("config", [])
     cfg = _compose(name)
     assert cfg.name != base.name and cfg.hydra.runtime.choices.experiment == name
@@ -94,7 +94,7 @@ def math_prod(xs):
 def test_every_launcher_config_composes(monkeypatch, tmp_path):
     monkeypatch.setenv("SAEEXP_RUNS", str(tmp_path))
     for path in sorted((Path(CONF_DIR) / "hydra" / "launcher").glob("*.yaml")):
-        with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             c = compose("config", [f"hydra/launcher={path.stem}"], return_hydra_config=True)
         assert OmegaConf.to_container(c.hydra.launcher)["submitit_folder"].endswith("%j")
         assert any("OMP_NUM_THREADS" in line for line in c.hydra.launcher.setup)  # threads follow the job's CPUs

@@ -6,12 +6,12 @@ import os
 
 import pytest
 import torch
+from conftest import compose_cfg, train_cfg
 from omegaconf import OmegaConf
 
-from conftest import compose_cfg
+from saeexp.build.checks import coefficient_key
+from saeexp.build.plan import plan_run
 from saeexp.errors import ConfigError
-from saeexp.sweep.series import coefficient_keys
-from saeexp.train.run import build, train
 from saeexp.train.target_l0 import TargetL0
 
 TARGET = 16
@@ -37,14 +37,14 @@ def test_penalty_variants_reach_the_target_l0(model, tmp_path, one_thread):
 
     for seed in (0, 1):
         run_dir = tmp_path / f"seed{seed}"
-        r = train(compose_cfg([f"model={model}", f"seed={seed}", *SETUP, *PER_MODEL.get(model, [])], run_dir=run_dir))
+        r = train_cfg(compose_cfg([f"model={model}", f"seed={seed}", *SETUP, *PER_MODEL.get(model, [])], run_dir=run_dir))
         assert abs(r["l0"] / TARGET - 1) < 0.10, f"{model} seed {seed}: held-out L0 {r['l0']:.2f}, target {TARGET}"
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     run_id = (run_dir / "mlflow_run_id").read_text()
     scale = sorted(client.get_metric_history(run_id, "train/sparsity_scale"), key=lambda m: m.step)
     # the settled coefficient, logged: the configured one times the controller's final factor
     cfg = compose_cfg([f"model={model}", *SETUP])
-    start = OmegaConf.select(cfg, coefficient_keys(cfg)[0])  # loss.l1, or loss.l0 for jumprelu
+    start = OmegaConf.select(cfg, coefficient_key(cfg))  # loss.l1, or loss.l0 for jumprelu
     assert client.get_run(run_id).data.metrics["final/sparsity_coef"] == pytest.approx(r["sparsity_coef"])
     assert r["sparsity_coef"] == pytest.approx(start * scale[-1].value, rel=1e-4)
     frozen = [m.value for m in scale if m.step >= 320]  # the last 20% of 400 steps: a fixed coefficient
@@ -54,14 +54,14 @@ def test_penalty_variants_reach_the_target_l0(model, tmp_path, one_thread):
 
 @pytest.mark.parametrize("model", ["topk", "batchtopk"])
 def test_target_sets_k_on_topk_variants(model):
-    _, sae, *_ = build(compose_cfg([f"model={model}", "model.d_sae=64", "model.k=4", "train.target_l0=12"]))
+    sae = plan_run(compose_cfg([f"model={model}", "model.d_sae=64", "model.k=4", "train.target_l0=12"])).sae
     assert sae.k == 12
 
 
 def test_bad_target_is_refused():
     for bad in ("-3", "0", "'many'"):
         with pytest.raises(ConfigError, match="train.target_l0"):
-            build(compose_cfg(["model.d_sae=64", f"train.target_l0={bad}"]))
+            plan_run(compose_cfg(["model.d_sae=64", f"train.target_l0={bad}"]))
 
 
 def test_controller_raises_lambda_while_l0_is_high_and_then_holds_it():

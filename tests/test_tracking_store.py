@@ -4,8 +4,9 @@ import multiprocessing as mp
 
 def _ensure(args):
     uri, barrier = args
-    from saeexp.tracking import ensure_experiment
     import mlflow.tracking  # noqa: F401  (imported before the barrier, so the calls meet)
+
+    from saeexp.tracking.store import ensure_experiment
 
     barrier.wait(timeout=120)  # all at once, as two `saeexp` started side by side on a fresh runs folder
     try:

@@ -5,14 +5,13 @@ import copy
 
 import pytest
 import torch
+from conftest import CONF, compose_cfg, expected_refusal
 from hydra.utils import get_class
 
-from conftest import CONF, compose_cfg, expected_refusal
 from saeexp.errors import ConfigError
 from saeexp.losses import L0, L1, L1DecoderNorm
 from saeexp.sae import SCSAE, BatchTopKSAE, GatedSAE, JumpReLUSAE, ReLUSAE, TopKSAE
 from saeexp.sae.batchtopk import kth_largest
-from saeexp.train.run import saved_model_config
 
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 LOSSES = sorted(p.stem for p in (CONF / "loss").glob("*.yaml"))
@@ -20,9 +19,10 @@ COMBOS = [(m, loss) for m in MODELS for loss in LOSSES]
 
 
 def _build(model, loss, *extra, d_sae=64):
-    from saeexp.train.run import build
+    from saeexp.build.plan import plan_run
 
-    return build(compose_cfg([f"model={model}", f"loss={loss}", f"model.d_sae={d_sae}", *extra]))
+    p = plan_run(compose_cfg([f"model={model}", f"loss={loss}", f"model.d_sae={d_sae}", *extra]))
+    return p.source, p.sae, p.penalties, p.resampler
 
 
 def _train_steps(sae, penalties, x_NB, steps, batch=256, lr=1e-3):
@@ -79,12 +79,13 @@ def test_gated_composes_as_typed():
 @pytest.mark.slow  # Lightning + MLflow start-up
 def test_topk_trains_end_to_end_and_loads(tmp_path):
     """Through the real trainer (firing bookkeeping on the lazily densified activations, AuxK logged)."""
+    from conftest import train_cfg
+
     from saeexp.io import load_sae
-    from saeexp.train.run import train
 
     cfg = compose_cfg(["model=topk", "model.k=4", "model.d_sae=64", "train.tokens=8192", "train.batch_size=1024",
-                       "train.dead_window_tokens=2048"], run_dir=tmp_path / "run")
-    result = train(cfg)
+                       "model.dead_window_tokens=2048"], run_dir=tmp_path / "run")
+    result = train_cfg(cfg)
     assert 0 < result["l0"] <= 4
     assert isinstance(load_sae(tmp_path / "run"), TopKSAE)
 
@@ -93,18 +94,18 @@ def test_topk_trains_end_to_end_and_loads(tmp_path):
 
 @pytest.mark.parametrize("model", [m for m in MODELS])
 def test_saved_variant_gives_same_outputs_on_raw_inputs(model, tmp_path):
+    from saeexp.build.plan import plan_run
     from saeexp.io import load_sae, save_sae
-    from saeexp.train.run import build
 
-    cfg = compose_cfg([f"model={model}", "model.d_sae=64"])  # with the penalty the model's YAML picks
-    source, sae, penalties, *_ = build(cfg)
+    plan = plan_run(compose_cfg([f"model={model}", "model.d_sae=64"]))  # with the penalty the model's YAML picks
+    source, sae, penalties = plan.source, plan.sae, plan.penalties
     x = source.sample(2048, seed=1)
     scale = 3.0
     _train_steps(sae, penalties, x * scale, steps=4)
     sae.eval()
     raw = copy.deepcopy(sae)
     raw.fold_input_scale(scale)
-    save_sae(raw, tmp_path / "sae", saved_model_config(cfg, raw), {})
+    save_sae(raw, tmp_path / "sae", {**plan.model_config, "decoder_norm": raw.decoder_norm}, {})
     loaded = load_sae(tmp_path / "sae")
     with torch.no_grad():
         ref, got = sae(x[:512] * scale), loaded(x[:512])

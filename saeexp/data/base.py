@@ -62,8 +62,8 @@ class ActivationSource:
 class ChunkedReader:
     """Training batches from a [n, d_in] array-like: contiguous chunks into a reused buffer, shuffled in RAM.
 
-    Random rows from a memory map are as slow as training on a cold disk; contiguous reads are ~100x
-    faster (see shared notes/performance.md). Memory is bounded by the buffer, not by the array.
+    Random rows from a memory map are as slow as training on a cold disk; contiguous reads are far faster
+    (docs/benchmarks.md). Memory is bounded by the buffer, not by the array.
     `read(lo, hi, out)` copies rows [lo, hi) into the float32 tensor `out`.
     """
 

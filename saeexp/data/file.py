@@ -6,6 +6,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from saeexp.data.base import ActivationSource, ChunkedReader
@@ -32,8 +33,6 @@ def open_array(path: Path, key: str | None = None):
         def read(lo, hi, out):
             out.numpy()[:] = arr[lo:hi]  # straight from the page cache into the buffer (converts fp16)
     elif path.suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-
         try:
             f = safe_open(str(path), framework="pt")
         except (SafetensorError, OSError, ValueError) as e:

@@ -20,9 +20,13 @@ import torch
 from torch import Tensor
 
 from saeexp.data.base import ActivationSource, EpochReader
+from saeexp.data.lm_stream import LMStream
 from saeexp.errors import ConfigError
+from saeexp.lm import ce, corpus
 from saeexp.lm import model as lm_model
-from saeexp.lm.store import SHARD_BYTES
+from saeexp.lm.harvest import harvest
+from saeexp.lm.store import SHARD_BYTES, ActivationStore, ShardReader
+from saeexp.lm.windows import Position, WindowStream
 
 # the Debian documentation packages installed by scripts/setup-lm.sh
 DEBIAN_DOCS = (
@@ -92,14 +96,15 @@ class LMSource(ActivationSource):
         self.per_window = context_size - self.first
         self.n_heldout_windows = math.ceil(heldout_tokens / self.per_window)
         self.n_train_windows = math.ceil(harvest_tokens / self.per_window)
-        self._manifest = self._store = self._reader = self._bridge = self._feed = None
+        self._manifest: dict = {}  # the cache entry's, once prepared
+        self._store: ActivationStore | None = None
+        self._reader: EpochReader | None = None
+        self._feed: LMStream | None = None
+        self._bridge = None
 
     # --- the corpus and the model, as the cache and the stream use them -------------------------------------
     def window_stream(self, start=None):
         """The packed corpus's windows from `start` (a saeexp.lm.windows.Position; None: the first window)."""
-        from saeexp.lm import corpus
-        from saeexp.lm.windows import Position, WindowStream
-
         def pieces(skip: int):
             return corpus.texts(self.corpus, self.corpus_split, self.corpus_column, self.streaming,
                                 self.corpus_seed, self.corpus_config, self.corpus_revision,
@@ -112,10 +117,10 @@ class LMSource(ActivationSource):
 
     def too_short(self, got: int, need: int, train: bool) -> str:
         """The refusal when the corpus runs out before the held-out (train False) or training windows."""
-        from saeexp.lm import corpus
-
         files, hub = corpus.resolve(self.corpus)
-        which = hub or ", ".join(str(f) for f in files[:5]) + (f" (+{len(files) - 5} more)" if len(files) > 5 else "")
+        files = files or []
+        more = f" (+{len(files) - 5} more)" if len(files) > 5 else ""
+        which = hub or ", ".join(str(f) for f in files[:5]) + more
         what = "is empty (no text)" if got == 0 and not train else (
             f"gives only {got:,} {'training windows after the held-out ones' if train else 'windows'}")
         return (f"data.corpus ({which}) {what}: need {need:,} windows of {self.context_size} tokens for "
@@ -124,16 +129,12 @@ class LMSource(ActivationSource):
 
     def harvest_windows(self, windows_WT: np.ndarray, writer, desc: str = "harvest", progress: bool = True) -> float:
         """The activations of positions [first:] of each window into `writer`; returns tokens/s."""
-        from saeexp.lm.harvest import harvest
-
         return harvest(self.bridge(), self.hook, windows_WT, self.first, writer, self.d_in, self.harvest_batch,
                        desc=f"{desc} {self.hook}", progress=progress)
 
     # --- the cache ------------------------------------------------------------------------------------
     def key(self) -> dict:
         """Everything that determines the cached activations but their number; computed without the model."""
-        from saeexp.lm import corpus
-
         w = lm_model.resolve_weights(self.model, self.weights, self.cache_dir)
         self._weights = w
         return {"version": CACHE_VERSION, "model": self.model, "weights": w.identity,
@@ -146,8 +147,6 @@ class LMSource(ActivationSource):
     def store(self):
         """The cache entry of this config (saeexp.lm.store.ActivationStore); nothing is read or built here."""
         if self._store is None:
-            from saeexp.lm.store import ActivationStore
-
             self._store = ActivationStore(self.cache_dir / "activations", self.key(), self.d_in, self.cache_dtype,
                                           self.per_window, self.n_heldout_windows, self.window_stream,
                                           self.harvest_windows, self.too_short, self.shard_bytes)
@@ -157,7 +156,7 @@ class LMSource(ActivationSource):
         if self.stream:
             self.key()  # the weights and corpus resolve (a bad path is refused now); the model loads on first use
             return
-        if self._manifest is not None:
+        if self._manifest:
             return
         self._manifest = self.store().ensure(self.n_train_windows)
         if self._manifest["info"]["d_in"] != self.d_in:
@@ -167,8 +166,6 @@ class LMSource(ActivationSource):
     def feed(self):
         """The streamed training activations (saeexp.data.lm_stream.LMStream), made on first use."""
         if self._feed is None:
-            from saeexp.data.lm_stream import LMStream
-
             self._feed = LMStream(self)
         return self._feed
 
@@ -179,8 +176,6 @@ class LMSource(ActivationSource):
                 raise ConfigError("data.stream=true keeps no training activations to read back")
             held = self.feed().heldout()
             return (lambda lo, hi, out: out.copy_(held[lo:hi])), held.shape[0]
-        from saeexp.lm.store import ShardReader
-
         self.prepare()
         m = self._manifest
         if name == "heldout":
@@ -199,11 +194,13 @@ class LMSource(ActivationSource):
     # --- ActivationSource -------------------------------------------------------------------------------
     def check_tokens(self, tokens: int) -> None:
         """Refuse a run that needs more tokens than this source has, unless data.epochs allows the repeats."""
-        self._need_tokens = tokens
         if self.stream:
-            if self._feed is not None:
-                raise RuntimeError("check_tokens comes before the stream is used: it sets the run's last fill")
+            if self._feed is not None and self._feed.need_tokens != tokens:
+                raise ConfigError(f"a streamed data source serves one run length: it was built for "
+                                  f"{self._feed.need_tokens} tokens, now asked for {tokens:,}")
+            self._need_tokens = tokens  # the run's last fill (saeexp/data/mixing.py FillSchedule)
             return  # the corpus's length is known when it runs out (saeexp/data/lm_stream.py refuses then)
+        self._need_tokens = tokens
         have = self.n_train_windows * self.per_window
         if tokens > have * self.epochs:
             passes = math.ceil(tokens / have)
@@ -284,8 +281,6 @@ class LMSource(ActivationSource):
         """
         if not self.provides_model_eval or self.ce_tokens == 0:
             return {}
-        from saeexp.lm import ce
-
         if self._feed is not None:  # no background harvest beside the evaluation's forwards (shared hook points)
             self._feed.buffer.wait_idle()
         windows = self.windows("heldout")[:max(1, math.ceil(self.ce_tokens / self.per_window))]

@@ -72,6 +72,7 @@ class FillSchedule:
         q, off = divmod(row - first, self.fill_rows)
         if self.n_full is None or q < self.n_full:
             return q + 1, off
+        assert self.n_fills is not None  # n_full is set only with it
         r, off = self.n_full + 1, row - self.start(self.n_full + 1)
         while r < self.n_fills:  # the last rounds, smaller
             if off < self.rows(r):
@@ -108,11 +109,14 @@ class MixingBuffer:
         return self.n_slots * self.fill_rows * self.d_in * 4
 
     # --- fills ---------------------------------------------------------------------------------------------
-    def _slot_rows(self, k: int) -> Tensor:
+    def _storage(self) -> Tensor:
         if self.store is None:
             self.store = torch.empty(self.n_slots * self.fill_rows, self.d_in)
+        return self.store
+
+    def _slot_rows(self, k: int) -> Tensor:
         s = k % self.n_slots
-        return self.store[s * self.fill_rows:(s + 1) * self.fill_rows]
+        return self._storage()[s * self.fill_rows:(s + 1) * self.fill_rows]
 
     def _run_fill(self, k: int) -> None:
         t0 = time.perf_counter()
@@ -168,7 +172,7 @@ class MixingBuffer:
                                                           replace=False)
         idx = np.sort(rows)
         idx = (idx // self.fill_rows % self.n_slots) * self.fill_rows + idx % self.fill_rows
-        return self.store.index_select(0, torch.from_numpy(idx))
+        return self._storage().index_select(0, torch.from_numpy(idx))
 
     def batches(self, batch_size: int, seed: int, start: int = 0) -> Iterator[Tensor]:
         """Batches from batch `start` on (the last one may be short when the schedule's n_fills ends it)."""
@@ -187,7 +191,7 @@ class MixingBuffer:
                 row += take.numel()
                 # a new tensor per batch (the trainer may hold one while fetching the next); a batch begun in
                 # this round and ended in the next is a copy too, so this round's oldest slot can be refilled
-                part = self.store.index_select(0, take)
+                part = self._storage().index_select(0, take)
                 batch = part if carry is None else torch.cat([carry, part])
                 if batch.shape[0] == batch_size:
                     carry = None

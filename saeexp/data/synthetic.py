@@ -17,14 +17,15 @@ class SyntheticSource(ActivationSource):
 
     Feature i fires (a_i = 1) with probability p_i = max_p * (i + 1) ** -alpha (a power law); magnitudes
     m_i follow `magnitude` with mean `mean_magnitude`, never below `min_magnitude` (a feature that fires
-    at a near-zero magnitude is indistinguishable from one that does not). `groups` groups of `group_size` features (the most
-    frequent after feature 0 ... taken in order) also fire all together with probability `group_p`,
+    at a near-zero magnitude is indistinguishable from one that does not). `groups` groups of `group_size`
+    features (the most frequent after feature 0 ... taken in order) also fire all together with probability `group_p`,
     the co-occurrence that tempts an L1 SAE to learn combinations (reference 004). Batch k is a pure
     function of (seed, k); the held-out set uses its own seed stream, so it is never trained on.
     """
 
     def __init__(self, d_in: int = 32, n_features: int = 128, max_p: float = 0.05, alpha: float = 0.5,
-                 magnitude: str = "exponential", mean_magnitude: float = 1.0, min_magnitude: float = 0.0, noise: float = 0.0,
+                 magnitude: str = "exponential", mean_magnitude: float = 1.0, min_magnitude: float = 0.0,
+                 noise: float = 0.0,
                  groups: int = 0, group_size: int = 3, group_p: float = 0.01, heldout_tokens: int = 16384,
                  seed: int = 0):
         if magnitude not in MAGNITUDES:

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 
 from saeexp.features import stats as S
+from saeexp.features.html import render
+from saeexp.util.files import atomic_write_text
 
 CHUNK = 4096  # held-out rows encoded at a time: memory is O(CHUNK x d_sae) whatever the token count
 
@@ -86,9 +88,6 @@ def pack(st: S.FeatureStats, title: str) -> dict:
 
 def write(sae, source, out: str | Path, title: str) -> dict:
     """Compute and write the dashboard to `out` (atomically); returns its size and build time."""
-    from saeexp.features.html import render
-    from saeexp.io import atomic_write_text
-
     t0 = time.perf_counter()
     source.prepare()
     data = pack(compute(sae, source), title)

@@ -97,7 +97,10 @@ def logit_effects(W_dec_FD: Tensor, W_U_DV: Tensor, n: int = LOGIT_TOKENS, block
         logits_BV = W_dec_FD[lo:lo + block].float() @ W_U
         t = logits_BV.topk(n, dim=1)
         b = logits_BV.topk(n, dim=1, largest=False)
-        top_i.append(t.indices), top_v.append(t.values), bot_i.append(b.indices), bot_v.append(b.values)
+        top_i.append(t.indices)
+        top_v.append(t.values)
+        bot_i.append(b.indices)
+        bot_v.append(b.values)
     return torch.cat(top_i), torch.cat(top_v), torch.cat(bot_i), torch.cat(bot_v)
 
 
@@ -113,5 +116,6 @@ def neighbours(W_dec_FD: Tensor, n: int = NEIGHBOURS, block: int = 1024) -> tupl
         idx = torch.arange(lo, min(lo + block, W.shape[0]))
         c_BF[torch.arange(len(idx)), idx] = -torch.inf  # not itself
         t = c_BF.topk(n, dim=1)
-        ids.append(t.indices), cos.append(t.values)
+        ids.append(t.indices)
+        cos.append(t.values)
     return torch.cat(ids), torch.cat(cos)

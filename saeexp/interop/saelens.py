@@ -16,9 +16,11 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import Tensor
 
 from saeexp.errors import ConfigError
+from saeexp.sae import GatedSAE, JumpReLUSAE, ReLUSAE, TopKSAE
 
 CFG, WEIGHTS, SPARSITY = "cfg.json", "sae_weights.safetensors", "sparsity.safetensors"
 # the SAELens release whose format this module was checked against (tests/test_saelens.py runs it)
@@ -36,8 +38,6 @@ def is_folder(path: str | Path) -> bool:
 # --- import ---------------------------------------------------------------------------------------------
 def _import_table() -> dict:
     """SAELens architecture -> (saeexp class, tensors the folder must hold, [d_in|d_sae] shape of each)."""
-    from saeexp.sae import GatedSAE, JumpReLUSAE, ReLUSAE, TopKSAE
-
     base = {"W_enc": ("d_in", "d_sae"), "W_dec": ("d_sae", "d_in"), "b_dec": ("d_in",)}
     return {
         "standard": (ReLUSAE, {**base, "b_enc": ("d_sae",)}),
@@ -77,8 +77,6 @@ def _refuse_unfoldable(cfg: dict, where: str) -> None:
 
 
 def _read_tensors(path: Path, shapes: dict, dims: dict, arch: str) -> dict[str, Tensor]:
-    from safetensors import safe_open
-
     file = path / WEIGHTS
     if not file.is_file():
         raise ConfigError(f"{str(path)!r}: no {WEIGHTS} next to {CFG}")
@@ -149,7 +147,7 @@ def load(path: str | Path) -> tuple:
     cls, shapes = table[arch]
     t = _read_tensors(path, shapes, dims, arch)
     folded = _fold_options(cfg, arch, t, where)
-    extra = {}
+    extra: dict[str, object] = {}
     if arch == "topk":
         k = cfg.get("k")
         if not isinstance(k, int) or not 1 <= k <= dims["d_sae"]:

@@ -9,10 +9,12 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import Tensor
 
 from saeexp.errors import ConfigError
 from saeexp.interop.saelens import CFG, FORMAT_VERSION, SPARSITY, WEIGHTS
+from saeexp.sae import BatchTopKSAE, GatedSAE, JumpReLUSAE, ReLUSAE, TopKSAE
 
 
 def _standard(sae):
@@ -42,8 +44,6 @@ def _batchtopk(sae):
 
 
 def _export_table() -> dict:
-    from saeexp.sae import BatchTopKSAE, GatedSAE, JumpReLUSAE, ReLUSAE, TopKSAE
-
     return {ReLUSAE: _standard, GatedSAE: _gated, JumpReLUSAE: _jumprelu, TopKSAE: _topk, BatchTopKSAE: _batchtopk}
 
 
@@ -77,8 +77,6 @@ def lm_metadata(data: dict | None) -> dict:
 
 def export(sae, out: str | Path, metadata: dict | None = None, density_F: Tensor | None = None) -> Path:
     """Write `sae` (raw activations in and out) as a SAELens folder at `out` (a new folder, written atomically)."""
-    from safetensors.torch import save_file
-
     name = type(sae).__name__
     if name in NOT_EXPORTABLE:
         raise ConfigError(f"cannot export to SAELens: {NOT_EXPORTABLE[name]}")

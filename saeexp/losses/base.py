@@ -1,6 +1,8 @@
 """The loss is a sum of named terms; each term is a small module that returns its weighted value."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 from torch import Tensor, nn
 
 from saeexp.errors import ConfigError
@@ -11,6 +13,8 @@ class LossTerm(nn.Module):
     """One named term of the loss. `forward` returns the term already multiplied by its coefficient."""
 
     name: str = "term"
+    # the constructor argument (and config key, under the term's group) that holds the coefficient: `loss.l1`
+    coefficient_key: ClassVar[str] = "coef"
     # sparsity penalties are multiplied by the sparsity-coefficient warm-up factor
     is_sparsity: bool = False
     # the decoder handlings (model.decoder_norm) this term works with; a sparsity penalty's first one is what

@@ -13,6 +13,7 @@ class L0(LossTerm):
     """
 
     name = "l0"
+    coefficient_key = "l0"
     is_sparsity = True
     # an L0 count does not see the decoder's norms: either works; free rows of norm 0.1 are SAELens' JumpReLU
     decoder_norms = ("free", "unit")

@@ -8,6 +8,7 @@ class L1(LossTerm):
     """lambda * mean over tokens of sum_i f_i, with a unit-norm decoder. `l1` is lambda (`loss.l1`)."""
 
     name = "l1"
+    coefficient_key = "l1"
     is_sparsity = True
     decoder_norms = ("unit",)
     why_decoder = ": with free decoder norms this penalty is beaten by shrinking f and growing W_dec; " \

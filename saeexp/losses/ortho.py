@@ -68,7 +68,7 @@ class _PairDot(torch.autograd.Function):
         if W_FD.device.type == "cuda":
             return grad.index_add_(0, j_F, W_FD * g_F[:, None]), None  # d/dW[j[f]]
         # on a CPU, index_add_ (a scatter) is slow at any width; a sparse [F, F] product with F entries
-        # (S[j[f], f] = g[f]) adds the same rows faster (`python bench/bench_ortho.py` times the term)
+        # (S[j[f], f] = g[f]) adds the same rows faster (`python bench/speed/bench_ortho.py` times the term)
         F = W_FD.shape[0]
         S = torch.sparse_coo_tensor(torch.stack([j_F, torch.arange(F, device=j_F.device)]), g_F, (F, F),
                                     check_invariants=False)
@@ -79,6 +79,8 @@ class DecoderOrthogonality(LossTerm):
     """coef * mean over features of g(cos with other decoder rows); see the module docstring for the modes."""
 
     name = "ortho"
+    neighbours_FM: Tensor
+    nearest_F: Tensor
 
     def __init__(self, coef: float = 0.1, pairs: str = "nearest", features: str = "all",
                  similarity: str = "abs", margin: float = 0.0, neighbours: int = 8, refresh_every: int = 100,

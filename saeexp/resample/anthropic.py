@@ -18,9 +18,11 @@ import sys
 import warnings
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from saeexp.errors import ConfigError
+
 
 @torch.no_grad()
 def reset_adam_rows(optimizer: torch.optim.Optimizer, param: Tensor, dim: int, idx: Tensor) -> None:
@@ -43,11 +45,16 @@ def resample_features(sae, idx: Tensor, x_ND: Tensor, optimizer=None, enc_scale:
     # ||x - x_hat||^2 of each input under the current SAE (eval mode: no running statistics move)
     was_training = sae.training
     sae.eval()
+    # the reservoir is float32; the SAE's weights may be another dtype (trainer.precision=64-true, bf16-true)
+    x_ND = x_ND.to(sae.W_dec.dtype)
     err = torch.cat([(sae(x_ND[lo:lo + batch_size]).x_hat_BD - x_ND[lo:lo + batch_size]).pow(2).sum(dim=1)
                      for lo in range(0, x_ND.shape[0], batch_size)]).float()
     sae.train(was_training)
     weights = err if err.sum() > 0 else torch.ones_like(err)
-    pick = torch.multinomial(weights.cpu(), idx.numel(), replacement=True, generator=generator).to(device)
+    # distinct inputs when there are enough (as dictionary_learning's resampling): with replacement, two dead
+    # features can get the same input and become exact clones, which then tie in a TopK selection forever
+    distinct = int((weights > 0).sum()) >= idx.numel()
+    pick = torch.multinomial(weights.cpu(), idx.numel(), replacement=not distinct, generator=generator).to(device)
     dirs_ND = x_ND[pick].float()
     dirs_ND = dirs_ND / dirs_ND.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
@@ -75,6 +82,8 @@ def resample_features(sae, idx: Tensor, x_ND: Tensor, optimizer=None, enc_scale:
 
 class AnthropicResampler(nn.Module):
     """Resample dead features at fractions `at` of the run; re-warm the LR over `rewarm_steps` afterwards."""
+
+    reservoir_ND: Tensor
 
     def __init__(self, at=(0.125, 0.25, 0.375, 0.5), window_tokens: int = 1_000_000, rewarm_steps: int = 2000,
                  enc_scale: float = 0.2, reservoir_tokens: int = 16384, reservoir_steps: int = 16, seed: int = 0):
@@ -182,8 +191,6 @@ class AnthropicResampler(nn.Module):
         resample_features(sae, dead, self.reservoir_ND[:self.filled], opt, self.enc_scale, gen)
         self.last_step = step
         self.history.append((step, int(dead.numel())))
-        from lightning.pytorch.utilities import rank_zero_info
-
         rank_zero_info(f"saeexp: resampled {dead.numel()} dead features after step {step + 1}")
         return int(dead.numel())
 

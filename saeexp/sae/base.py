@@ -7,13 +7,15 @@ parameters, `encode_pre` and `encoder_weights`); everything else is shared.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from saeexp.errors import ConfigError
 
-DECODER_NORMS = ("unit", "free")
+DecoderNorm = Literal["unit", "free"]
+DECODER_NORMS: tuple[DecoderNorm, ...] = ("unit", "free")
 # decoder rows' norm at init when the config leaves it to the handling (Anthropic, April 2024 update: 0.1 when free)
 INIT_DEC_NORM = {"unit": 1.0, "free": 0.1}
 
@@ -30,29 +32,35 @@ class SAEOutput:
     # a variant's other intermediates (gate pre-activations, thresholds, ...)
     extras: dict[str, Tensor] = field(default_factory=dict)
 
+    def fired_F(self) -> Tensor:
+        """Which features fired on some token of the batch (bool [F])."""
+        return self.acts_BF.detach().amax(dim=0) > 0
+
 
 class SAE(nn.Module):
     """Standard (ReLU) sparse autoencoder; variants subclass it and replace `activation`."""
 
     # --- capabilities, declared: the trainer, loss terms, resampler and fine-tuning read these, never probe -----
     # encoder weights: multiplied by the input scale when it is folded into saved weights
-    encoder_weights: tuple[str, ...] = ("W_enc",)
+    encoder_weights: ClassVar[tuple[str, ...]] = ("W_enc",)
     # the per-feature encoder parameters and the dimension that indexes features: a resample rewrites them
     # (2-D: set to the new direction; 1-D: set to 0), fine-tuning's encoder methods train them
-    encoder_rows: tuple[tuple[str, int], ...] = (("W_enc", 1), ("b_enc", 0))
+    encoder_rows: ClassVar[tuple[tuple[str, int], ...]] = (("W_enc", 1), ("b_enc", 0))
     # the encoder is (x - b_dec) W_enc + b_enc, so b_dec can be folded into b_enc (fine-tuning)
-    has_encoder_bias: bool = True
+    has_encoder_bias: ClassVar[bool] = True
     # how sparsity comes: "penalty" (training needs a sparsity term with a coefficient > 0) or "structure"
     # (the architecture selects; a sparsity penalty is refused)
-    sparsity: str = "penalty"
+    sparsity: ClassVar[Literal["penalty", "structure"]] = "penalty"
     # the knob that sets this SAE's sparsity: "coefficient" (the penalty's lambda, `loss.l1` or `loss.l0`) or "k"
     # (`model.k`); runs are tagged with it and `train.target_l0` acts through it (saeexp.train.target_l0)
-    sparsity_control: str = "coefficient"
+    sparsity_control: ClassVar[Literal["coefficient", "k"]] = "coefficient"
     # out.extras["l0"] is a differentiable L0 estimate (what `loss=l0` penalises)
-    provides_l0: bool = False
+    provides_l0: ClassVar[bool] = False
     # the names of the SAE's own loss terms in out.aux_losses: each one's coefficient is the attribute of the same
     # name, and the term is there in training mode when that coefficient is > 0
-    aux_terms: tuple[str, ...] = ()
+    aux_terms: ClassVar[tuple[str, ...]] = ()
+
+    tokens_since_fired: Tensor
 
     @property
     def revives_dead(self) -> bool:
@@ -143,7 +151,7 @@ class SAE(nn.Module):
     @torch.no_grad()
     def normalize_decoder(self) -> None:
         """Renormalise decoder rows to unit norm, after the optimiser step."""
-        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
 
     # --- hooks around the optimiser step (saeexp.train.step calls them on every path) ----------------
     def before_optimizer_step(self) -> None:
@@ -163,10 +171,10 @@ class SAE(nn.Module):
 
     # --- bookkeeping ------------------------------------------------------------------------------
     @torch.no_grad()
-    def update_firing(self, acts_BF: Tensor) -> None:
-        """One pass over the batch: reset the counter of every feature that fired, advance the rest."""
-        fired_F = acts_BF.detach().amax(dim=0) > 0
-        self.tokens_since_fired += acts_BF.shape[0]
+    def update_firing(self, fired_F: Tensor, n_tokens: int) -> None:
+        """After a batch of `n_tokens`: reset the counter of every feature that fired (`out.fired_F()`), advance
+        the rest."""
+        self.tokens_since_fired += n_tokens
         self.tokens_since_fired.masked_fill_(fired_F, 0)
 
     def dead_mask(self, window_tokens: int) -> Tensor:

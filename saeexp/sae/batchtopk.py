@@ -47,6 +47,8 @@ class BatchTopKSAE(TopKSAE):
     `threshold` (0-d, fp32; -1 until the first training batch). AuxK as in `TopKSAE`.
     """
 
+    threshold: Tensor
+
     def __init__(self, d_in: int, d_sae: int, k: int = 32, threshold_momentum: float = 0.99, **kw):
         super().__init__(d_in, d_sae, k=k, **kw)
         self.threshold_momentum = float(threshold_momentum)
@@ -67,7 +69,7 @@ class BatchTopKSAE(TopKSAE):
 
     def _select(self, z_BF: Tensor) -> SparseActs:
         b_N, f_N = (z_BF > self._cut(z_BF)).nonzero(as_tuple=True)  # token-major, as the decoder needs
-        return SparseActs(b_N, f_N, z_BF[b_N, f_N], tuple(z_BF.shape))
+        return SparseActs(b_N, f_N, z_BF[b_N, f_N], (z_BF.shape[0], z_BF.shape[1]))
 
     @torch.no_grad()
     def _update_threshold(self, t: Tensor) -> None:

@@ -79,10 +79,9 @@ class GatedSAE(SAE):
     an L1 penalty is on), `out.aux_losses["aux_recon"]` the auxiliary reconstruction.
     `free_decoder`: "unfrozen_in_aux" (default: the auxiliary term trains W_dec, and a decoder-norm-weighted
     penalty its norms, as SAELens does) or "frozen_in_penalty" (the auxiliary term never moves the decoder and
-    the penalty's norms are detached: the paper's loss). Measured on the quality bench's set 1 (loss.l1=3e-2,
-    unit decoder): frozen, only f trains W_dec, and at L0 ~5x the true L0 the decoder settles on directions
-    that are not the features (recovered@0.9 0.20); unfrozen, the auxiliary term, an L1 SAE on ReLU(pi), pulls
-    the decoder to the features (0.95).
+    the penalty's norms are detached: the paper's loss). Why unfrozen by default: frozen, only f trains W_dec,
+    and at moderate sparsity the decoder settles on directions that are not the features; the auxiliary term,
+    an L1 SAE on ReLU(pi), pulls it to them (docs/training-quality.md, "Gated").
     """
 
     encoder_weights = ("W_gate",)

@@ -90,19 +90,13 @@ class JumpReLUSAE(SAE):
     used, and z - theta compared, in fp32; keep the parameter fp32 (bf16 autocast does; casting the SAE to
     bf16 would round theta's lr-sized updates away).
 
-    Training defaults, from issue 8 (set 1 = the quality bench's set; `bench/lockstep_saelens.py` trains this
-    module and SAELens' JumpReLU from identical weights on identical batches):
-    - the trainer clips the gradient norm (`train.grad_clip`, saeexp/train/step.py `clip_grad`). With SAELens'
-      settings and clipping this module reproduces SAELens' run (set 1, SAELens' l0 coefficient 1: L0 6.25,
-      FVU 0.256, recovered@0.9 0.963 against SAELens' 6.22 / 0.256 / 0.953); without clipping the same run
-      ends at L0 15.7, recovered 0.54 (`--clip none`). That was the gap to SAELens.
-    - theta learns at the configured lr (`threshold_lr_scale` 1). A scale of sqrt(d_in) made up for part of
-      the unclipped trainer's failure; with clipping it hurts (same run: L0 6.8, recovered 0.77, 58% dead).
-    - no pre-activation loss by default (`pre_act` 0, SAELens' default). `model.pre_act=1e-2` keeps latents
-      alive (the loss on dead latents, below) but moves the code off SAELens' curve: same run, L0 10.9, FVU
-      0.241, recovered 0.936, 2% dead, against 6.25 / 0.256 / 0.963, 15% dead; on the bench's curve (CLI, set 1)
-      FVU at matched L0 was 0.03-0.07 above SAELens' with it, on it without.
-    - bandwidth and initial threshold 0.001 * sqrt(d_in) (SAELens' 0.05 / 0.01 on set 1: recovered 0.955).
+    Training defaults (the measurements behind each: docs/training-quality.md, "JumpReLU"):
+    - with the trainer's gradient clipping (`train.grad_clip`) this module reproduces SAELens' JumpReLU run
+      from the same weights on the same batches (`bench/diagnostics/lockstep_saelens.py`);
+    - theta learns at the configured lr (`threshold_lr_scale` 1): a larger scale costs recovery once clipped;
+    - no pre-activation loss by default (`pre_act` 0, SAELens' default): `model.pre_act=1e-2` keeps latents
+      alive but moves the curve off SAELens';
+    - bandwidth and initial threshold 0.001 * sqrt(d_in), the paper's 0.001 at E||x||^2 = 1.
     """
 
     provides_l0 = True  # extras["l0"] carries the STE count that `loss=l0` penalises

@@ -106,8 +106,9 @@ class _SparseActsOutput(SAEOutput):
     """SAEOutput whose dense acts_BF is built from the active entries only when someone reads it."""
 
     def __init__(self, x_hat_BD, sparse: SparseActs, pre_BF, aux_losses=None, extras=None):
-        self._dense, self.sparse = None, sparse
-        super().__init__(x_hat_BD, None, pre_BF, aux_losses or {}, extras or {})
+        self._dense: Tensor | None = None
+        self.sparse = sparse
+        super().__init__(x_hat_BD, None, pre_BF, aux_losses or {}, extras or {})  # type: ignore[arg-type]
 
     @property
     def acts_BF(self) -> Tensor:
@@ -118,6 +119,12 @@ class _SparseActsOutput(SAEOutput):
     @acts_BF.setter
     def acts_BF(self, value) -> None:
         self._dense = value
+
+    def fired_F(self) -> Tensor:
+        """From the active entries: no dense [B, F] tensor (only log steps build one, for their metrics)."""
+        sp = self.sparse
+        fired = torch.zeros(sp.shape[1], dtype=torch.bool, device=sp.f_N.device)
+        return fired.index_fill_(0, sp.f_N[sp.vals_N.detach() > 0], True)
 
 
 class TopKSAE(SAE):
@@ -133,7 +140,8 @@ class TopKSAE(SAE):
 
     def __init__(self, d_in: int, d_sae: int, k: int = 32, decoder_norm: str = "unit",
                  init_dec_norm: float | None = None, enc_from_dec: bool = True, seed: int = 0, auxk: float = 1 / 32,
-                 k_aux: int | None = None, dead_window_tokens: int = 10_000_000):
+                 k_aux: int | None = None, dead_window_tokens: int | None = 10_000_000,
+                 dead_window_batches: int | None = None):
         super().__init__(d_in, d_sae, decoder_norm, init_dec_norm, enc_from_dec, seed)
         if not isinstance(k, int) or not 1 <= k <= d_sae:
             raise ConfigError(f"model.k={k!r}: expected an integer in [1, d_sae={d_sae}]")
@@ -142,7 +150,15 @@ class TopKSAE(SAE):
             raise ConfigError(f"model.k_aux={k_aux!r}: expected an integer >= 1")
         if not auxk >= 0:
             raise ConfigError(f"model.auxk={auxk!r}: expected a number >= 0")
-        self.k, self.k_aux, self.auxk, self.dead_window_tokens = k, k_aux, float(auxk), int(dead_window_tokens)
+        # AuxK's dead window, in tokens or in batches (BatchTopK's authors count batches): exactly one is set
+        if (dead_window_tokens is None) == (dead_window_batches is None):
+            raise ConfigError(f"model.dead_window_tokens={dead_window_tokens!r}, model.dead_window_batches="
+                              f"{dead_window_batches!r}: expected exactly one of them set (the other null)")
+        for key, v in (("dead_window_tokens", dead_window_tokens), ("dead_window_batches", dead_window_batches)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ConfigError(f"model.{key}={v!r}: expected an integer >= 1 (or null)")
+        self.k, self.k_aux, self.auxk = k, k_aux, float(auxk)
+        self.dead_window_tokens, self.dead_window_batches = dead_window_tokens, dead_window_batches
 
     def _b_eff(self) -> Tensor:
         return self.b_enc - self.b_dec @ self.W_enc  # (x - b_dec) W + b = x W + (b - b_dec W)
@@ -182,7 +198,8 @@ class TopKSAE(SAE):
 
     def auxk_loss(self, x_BD: Tensor, x_hat_BD: Tensor) -> Tensor:
         """Normalised error of reconstructing the residual from the k_aux largest dead pre-activations."""
-        dead_N = self.dead_mask(self.dead_window_tokens).nonzero().squeeze(1)
+        window = self.dead_window_tokens or int(self.dead_window_batches or 0) * x_BD.shape[0]
+        dead_N = self.dead_mask(window).nonzero().squeeze(1)
         if dead_N.numel() == 0:
             return torch.zeros((), dtype=x_BD.dtype, device=x_BD.device)
         e_BD = (x_BD - x_hat_BD).detach()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import re
 import time
 from pathlib import Path
@@ -11,13 +12,12 @@ import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
 from saeexp.errors import ConfigError, StorageError, TrainingDiverged
+from saeexp.util.files import temp_name
 
 
 def verify_checkpoint(path: Path) -> None:
     """Refuse, before resuming, a checkpoint that is unreadable or holds anything but tensors and containers:
     loading with weights_only=True never runs code that a planted or downloaded file carries."""
-    import pickle
-
     try:
         torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:
@@ -49,8 +49,6 @@ class RunCheckpoint(Callback):
         """Save now if the weights are healthy; return whether it saved."""
         if not self.healthy(trainer.lightning_module):
             return False
-        from saeexp.io import temp_name
-
         tmp = temp_name(self.path)  # unique per writer
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +82,8 @@ class TokensProgressBar(TQDMProgressBar):
     def __init__(self, batch_size: int, refresh_rate: int = 10):
         super().__init__(refresh_rate=refresh_rate)
         self.batch_size = batch_size
-        self._t0 = self._s0 = None
+        self._t0: float | None = None
+        self._s0 = 0
         self._wait0 = 0.0
 
     @staticmethod

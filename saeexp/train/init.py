@@ -50,8 +50,8 @@ def fit_encoder_scale(sae, x_ND: Tensor, rounds: int = 2) -> float:
     r is about d_sae / (2 d_in) times x; the first gradients are then hundreds of times their later size, and
     Adam's second moment (beta2 0.999) remembers them for thousands of steps, so the decoder hardly moves after.
     Only a reconstruction too large is harmful: c is capped at 1, so an init that starts small on purpose (the
-    0.1-norm free decoder of the April 2024 update) is left alone (growing it measured worse, one seed each:
-    L0 60 / FVU 0.34 against L0 24 / FVU 0.32, before the synthetic seed leak was fixed). Returns the factor.
+    0.1-norm free decoder of the April 2024 update) is left alone (growing it measured worse:
+    docs/training-quality.md). Returns the factor.
     """
     total = 1.0
     was_training = sae.training

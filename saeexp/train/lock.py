@@ -14,10 +14,12 @@ import json
 import os
 import socket
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
 from saeexp.errors import ConfigError
+from saeexp.util.slurm import slurm_job_id
 
 LOCK_NAME = "run.lock"
 
@@ -35,8 +37,6 @@ def _start_time(pid: int) -> str | None:
 
 
 def _slurm_job() -> str | None:
-    from saeexp.tracking import slurm_job_id
-
     return slurm_job_id() or None
 
 
@@ -120,8 +120,6 @@ class RunLock:
             holder = None
         if holder is None:
             # a holder between creating and writing its lock, or one killed right then: wait a little for it
-            import time
-
             if time.time() - self.path.stat().st_mtime < 10:
                 raise RunLocked(f"run directory {self.path.parent} is being taken by another process "
                                 f"({self.path} is still empty)")

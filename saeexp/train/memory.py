@@ -1,10 +1,10 @@
 """Keep freed [batch, width] buffers in the process instead of returning them to the OS after every step.
 
 glibc serves blocks above its mmap threshold (at most 32 MiB) with fresh mmap()s and unmaps them on free, so
-every step's activation-sized tensors (64 MiB at batch 4096, width 4096) are page-faulted in anew: first
-touch costs about 4x a copy (shared notes/performance.md). With mmap off and a high trim threshold, freed
-blocks stay in the heap and the next step reuses them. Measured (bench/bench_core.py, width 4096, CPU): the
-training step went from 0.89 to 1.12 of the six-product limit. The cost: the process keeps its peak heap.
+every step's activation-sized tensors (64 MiB at batch 4096, width 4096) are page-faulted in anew, and a
+first touch costs several times a copy. With mmap off and a high trim threshold, freed blocks stay in the heap
+and the next step reuses them (the step's speed with and without: docs/benchmarks.md). The cost: the process
+keeps its peak heap.
 """
 from __future__ import annotations
 

@@ -5,19 +5,27 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from saeexp.checks import check_grad_clip
 from saeexp.losses.base import LossTerm
 from saeexp.losses.recon import MSE
 from saeexp.metrics import batch_metrics, decoder_mmcs
 from saeexp.sae.base import SAE
-from saeexp.train.step import Recipe, after_optimizer_step, before_optimizer_step, linear_ramp, make_optimizer, \
-    step_losses
+from saeexp.train.memory import reuse_freed_memory
+from saeexp.train.step import (
+    Recipe,
+    after_optimizer_step,
+    before_optimizer_step,
+    linear_ramp,
+    make_optimizer,
+    step_losses,
+)
 
 DEC_MMCS_EVERY_LOGS = 10  # train/dec_mmcs is logged at every 10th log step (and the last step)
 
 
 class SAEModule(L.LightningModule):
     """Trains one SAE on batches of raw activations (scaled here by `input_scale`)."""
+
+    first_bad_step: Tensor
 
     def __init__(self, sae: SAE, penalties: list[LossTerm], optimizer_factory, total_steps: int,
                  input_scale: float = 1.0, lr_warmup_steps: int = 0, lr_decay_steps: int = 0,
@@ -26,17 +34,19 @@ class SAEModule(L.LightningModule):
         super().__init__()
         self.sae = sae
         self.terms = nn.ModuleList([MSE(1.0), *penalties])
-        for t in self.terms:
-            t.validate(sae)
+        for term in penalties:
+            term.validate(sae)
         self.optimizer_factory = optimizer_factory
         self.total_steps = total_steps
         self.lr_warmup_steps, self.lr_decay_steps = lr_warmup_steps, lr_decay_steps
         self.log_every = log_every
         self.dead_window_tokens = dead_window_tokens
         self.reuse_memory = reuse_memory
-        check_grad_clip(grad_clip)
         # the step's own settings (saeexp.train.step); target_l0: a TargetL0, or None for a fixed coefficient
         self.recipe = Recipe(float(input_scale), sparsity_warmup_steps, grad_clip, target_l0)
+        # registered as a submodule too: its state (the controller's integral) is in the checkpoint, so a resumed
+        # run continues it, and it follows the module's device and precision
+        self.target_ctl = target_l0
         # first step whose loss was not finite (-1: none); a device tensor, read only at log steps
         self.register_buffer("first_bad_step", torch.tensor(-1, dtype=torch.long))
 
@@ -67,7 +77,9 @@ class SAEModule(L.LightningModule):
         logs["loss/total"] = loss.detach()
         logs.update({f"train/{k}": v for k, v in batch_metrics(x_BD, out.x_hat_BD.detach(), out.acts_BF).items()})
         logs["train/dead_frac"] = self.sae.dead_mask(self.dead_window_tokens).float().mean()
-        logs["train/lr"] = torch.tensor(self.optimizers().param_groups[0]["lr"])
+        opt = self.optimizers()
+        opt = opt[0] if isinstance(opt, list) else opt
+        logs["train/lr"] = torch.tensor(opt.param_groups[0]["lr"])
         if self.target_l0 is not None:
             logs["train/sparsity_scale"] = self.target_l0.scale()
         step = self.global_step
@@ -86,8 +98,6 @@ class SAEModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         if self.reuse_memory:
-            from saeexp.train.memory import reuse_freed_memory
-
             reuse_freed_memory()
 
     # --- the step's hooks around the optimiser ---------------------------------------------------------

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from saeexp.train.target_l0 import TargetL0
+
 
 def make_optimizer(optimizer_factory, sae):
     """The optimiser over `sae.param_groups()`, each group's lr multiplied by its `lr_scale` (default 1)."""
@@ -32,7 +34,7 @@ class Recipe:
     input_scale: float = 1.0          # raw batch -> the space the SAE trains in (E||x|| = sqrt(d_in))
     sparsity_warmup_steps: int = 0    # sparsity terms ramp linearly from 0 over these steps
     grad_clip: float | None = None    # max gradient norm on the loss summed over d_in (clip_grad)
-    target_l0: object = None          # saeexp.train.target_l0.TargetL0: scales the sparsity terms, observes L0
+    target_l0: TargetL0 | None = None  # scales the sparsity terms, observes L0
 
     def sparsity_factor(self, step: int):
         warm = linear_ramp(step, self.sparsity_warmup_steps)
@@ -54,7 +56,7 @@ def step_losses(sae, terms, batch_BD: Tensor, step: int, recipe: Recipe):
     values.update(out.aux_losses)
     if recipe.target_l0 is not None:
         recipe.target_l0.observe(out.acts_BF, step)
-    sae.update_firing(out.acts_BF)
+    sae.update_firing(out.fired_F(), x_BD.shape[0])
     return x_BD, out, values
 
 
@@ -63,14 +65,9 @@ def clip_grad(sae, max_norm: float | None) -> None:
 
     The limit is stated on the loss summed over d_in (SAELens' scale, where it clips at 1), which is d_in times
     saeexp's mean over d_in. Why clip: Adam's second moment (beta2 0.999) averages g^2 over ~1000 steps, about a
-    whole short run, so the large gradients of the first hundred steps (set 1: norm 7-17 on the summed scale,
-    against 1.7 at the end) keep every later step small. Clipping at 1 holds every step's gradient at norm 1
-    there, and the step size stops depending on what happened at the start. Measured on the quality bench's
-    set 1 from SAELens' initial weights on the same batches (`$(scripts/saelens-venv.sh)
-    bench/lockstep_saelens.py --arch jumprelu --coef 1 [--clip none]`): no clip L0 15.7, recovered@0.9 0.54;
-    clip 1: L0 6.3, recovered 0.96 (SAELens' own trainer, same run: L0 6.2, recovered 0.95); standard SAE at
-    coefficient 5: L0 14.7, FVU 0.566, recovered 0.70 without, 10.8 / 0.538 / 0.83 with (SAELens 10.8 / 0.538).
-    Clipping costs one pass over the gradients (`python bench/bench_core.py`, the `+clip` row).
+    whole short run, so the large gradients of the first hundred steps keep every later step small; clipped,
+    every step's gradient has the same norm and the step size stops depending on the start (the runs that show
+    it: docs/training-quality.md, "Gradient clipping"). It costs one pass over the gradients.
     """
     if max_norm is None:
         return

@@ -13,10 +13,7 @@ from __future__ import annotations
 import math
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor, nn
-
-from saeexp.errors import ConfigError
 
 # Per-step gains on the log error. L0 lags lambda (the encoder needs some tens of Adam steps to follow), so the
 # controller acts on where the error is heading, e + HORIZON * (its trend, an EMA of its change per step):
@@ -35,33 +32,13 @@ FREEZE_FRACTION = 0.2
 U_LIMIT = 25.0  # |log factor| at most: lambda within coef * e^+-25, far past any useful value
 
 
-def target(cfg: DictConfig) -> float | None:
-    """`train.target_l0` checked: None, or a number > 0."""
-    t = cfg.train.get("target_l0")
-    if t is None:
-        return None
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
-        raise ConfigError(f"train.target_l0={t!r}: expected a number > 0 (or null)")
-    return float(t)
-
-
-def control_of(cfg: DictConfig) -> str:
-    """The model class's declared sparsity control (`SAE.sparsity_control`: 'coefficient' or 'k')."""
-    from hydra.utils import get_class
-
-    return get_class(cfg.model._target_).sparsity_control
-
-
-def model_overrides(cfg: DictConfig) -> dict:
-    """Constructor arguments the target sets: k = round(target) on a k-controlled SAE, else nothing."""
-    t = target(cfg)
-    if t is None or control_of(cfg) != "k":
-        return {}
-    return {"k": max(1, round(t))}
-
-
 class TargetL0(nn.Module):
     """Scales the sparsity penalties by exp(u); `observe` moves u toward the target between start and freeze."""
+
+    integral: Tensor
+    u: Tensor
+    last_e: Tensor
+    slope: Tensor
 
     def __init__(self, target_l0: float, start_step: int, freeze_step: int):
         super().__init__()
@@ -92,19 +69,16 @@ class TargetL0(nn.Module):
             self.u.copy_(self.integral)
 
 
-def controller(cfg: DictConfig, penalties: list, total_steps: int, sparsity_warmup_steps: int,
+def controller(target_l0: float | None, sparsity_control: str, total_steps: int, sparsity_warmup_steps: int,
                lr_decay_steps: int) -> TargetL0 | None:
     """The controller for this run, or None (no target, or a k-controlled SAE whose k the target already set)."""
-    t = target(cfg)
-    if t is None or control_of(cfg) == "k":
+    if target_l0 is None or sparsity_control == "k":
         return None
-    if not any(p.is_sparsity for p in penalties):
-        raise ConfigError(f"train.target_l0={t:g} with no sparsity penalty to adapt (loss=none)")
     frozen = max(lr_decay_steps, math.ceil(FREEZE_FRACTION * total_steps))
-    return TargetL0(t, start_step=sparsity_warmup_steps, freeze_step=total_steps - frozen)
+    return TargetL0(target_l0, start_step=sparsity_warmup_steps, freeze_step=total_steps - frozen)
 
 
-def settled_coef(cfg: DictConfig, penalties: list, ctl: TargetL0 | None) -> float | None:
+def settled_coef(penalties: list, ctl: TargetL0 | None) -> float | None:
     """The sparsity coefficient the run ended with (the configured one when no controller moved it)."""
     coefs = [p.coef for p in penalties if p.is_sparsity]
     if not coefs:

@@ -1,0 +1,70 @@
+"""The one Hydra entry every config-driven console script goes through, and the one-line error contract.
+
+A console script is `command(config_name, task)`: Hydra composes `conf/<config_name>.yaml` with the command
+line, the guard (saeexp.cli.guard) checks it before Hydra writes anything, and `task(cfg)` turns it into a
+plan and runs it. An error a user can act on is one line on stderr, `saeexp: error: ...`, exit 2; under `-m`
+it is re-raised so that the launcher records that job as failed and the sweep goes on.
+"""
+from __future__ import annotations
+
+import errno
+import sys
+from typing import Callable, TypeVar
+
+import hydra
+from omegaconf import DictConfig
+
+import saeexp.build.resolvers  # noqa: F401  (the config tree's resolvers, before Hydra composes)
+from saeexp.build.plan import multirun
+from saeexp.cli.refuse import discard_created, fail
+from saeexp.cli.renamed import check_argv
+from saeexp.configtree import conf_dir
+from saeexp.errors import ConfigError, StorageError, TrainingDiverged
+
+T = TypeVar("T")
+USER_ERRORS = (ConfigError, TrainingDiverged, StorageError)
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def run_task(task: Callable[[DictConfig], object], cfg: DictConfig):
+    """`task(cfg)` with the error contract: user errors as one line (the refused command's fresh run directory
+    removed); a disk that filled up or turned read-only mid-run named by its file."""
+    try:
+        return task(cfg)
+    except OSError as e:
+        if e.errno not in FULL_DISK:
+            raise
+        err: Exception = StorageError(f"cannot write {e.filename or 'a file'!r}: {e.strerror}")
+    except USER_ERRORS as e:
+        err = e
+    if multirun():
+        raise err
+    discard_created()  # refused before training: no run directory left behind
+    fail(err)
+
+
+def command(config_name: str, task: Callable[[DictConfig], object], argv_rewrite=None) -> Callable[[], None]:
+    """A console script's main: renamed keys refused before Hydra, then Hydra over `conf/<config_name>.yaml`."""
+
+    @hydra.main(config_path=conf_dir(), config_name=config_name, version_base="1.3")
+    def _main(cfg: DictConfig):
+        return run_task(task, cfg)
+
+    def main() -> None:
+        if argv_rewrite is not None:
+            sys.argv = argv_rewrite(sys.argv)
+        try:
+            check_argv(sys.argv[1:])
+        except ConfigError as e:
+            fail(e)
+        _main()
+
+    return main
+
+
+def argparse_errors(fn: Callable[[], T]) -> T:
+    """The error contract for the argparse scripts: a user error is one line, exit 2."""
+    try:
+        return fn()
+    except USER_ERRORS as e:
+        fail(e)

@@ -1,0 +1,182 @@
+"""`train(plan)`: a run plan (saeexp.build.plan_run) to a trained, evaluated and saved SAE in its run directory."""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from saeexp.errors import ConfigError, TrainingDiverged
+from saeexp.io import save_sae
+from saeexp.jobs.features import dashboard
+from saeexp.plan import Init, RunPlan
+from saeexp.report.score import learning_verdict, score, summary, write_report
+from saeexp.resample.callback import Resampling
+from saeexp.tracking.logger import log_config, open_run
+from saeexp.tracking.store import mark_orphaned
+from saeexp.train import init, target_l0
+from saeexp.train.callbacks import RunCheckpoint, TokensProgressBar, verify_checkpoint
+from saeexp.train.datamodule import ActivationDataModule
+from saeexp.train.lock import RunLock
+from saeexp.train.module import SAEModule
+from saeexp.util.redact import redact_text
+
+
+@dataclass
+class Prepared:
+    """A plan made ready for `Trainer.fit`: the SAE initialised from data, its module, data and step callbacks."""
+
+    input_scale: float
+    module: SAEModule
+    datamodule: ActivationDataModule
+    step_callbacks: list
+
+
+def init_from_sample(spec: Init, seed: int, source, sae) -> float:
+    """The input scale and b_dec from a training sample, then the encoder-scale fit; returns the scale.
+
+    Deterministic, so a resume recomputes the same.
+    """
+    sample = source.sample(spec.sample_tokens, seed=seed)
+    scale = init.input_scale(sample) if spec.scale_inputs else 1.0
+    with torch.no_grad():
+        sample = sample * scale  # the space the SAE trains in: both inits below see it
+        sae.b_dec.copy_(init.b_dec_init(spec.b_dec_init, sample))
+    if spec.fit_encoder_scale:
+        init.fit_encoder_scale(sae, sample)
+    return scale
+
+
+def make_module(plan: RunPlan, input_scale: float) -> SAEModule:
+    """The LightningModule of a run: the SAE, its loss terms and the schedules, in steps."""
+    s = plan.schedule
+    ctl = target_l0.controller(s.target_l0, plan.sae.sparsity_control, s.steps, s.sparsity_warmup_steps,
+                               s.lr_decay_steps)
+    return SAEModule(plan.sae, plan.penalties, plan.optimizer, total_steps=s.steps, input_scale=input_scale,
+                     lr_warmup_steps=s.lr_warmup_steps, lr_decay_steps=s.lr_decay_steps,
+                     sparsity_warmup_steps=s.sparsity_warmup_steps, log_every=s.log_every,
+                     dead_window_tokens=s.dead_window_tokens, reuse_memory=s.reuse_memory, grad_clip=s.grad_clip,
+                     target_l0=ctl)
+
+
+def prepare(plan: RunPlan) -> Prepared:
+    """Seeded: the data prepared (a cache built), the SAE initialised from a sample, the module and data module
+    ready for `Trainer.fit` (what `train` runs; tests/test_step_equivalence.py too)."""
+    L.seed_everything(plan.seed, workers=True, verbose=False)
+    torch.set_float32_matmul_precision(plan.schedule.matmul_precision)
+    plan.source.prepare()
+    scale = init_from_sample(plan.init, plan.seed, plan.source, plan.sae)
+    step_callbacks = [Resampling(plan.resampler)] if plan.resampler is not None else []
+    return Prepared(scale, make_module(plan, scale),
+                    ActivationDataModule(plan.source, plan.schedule.batch_size, plan.seed), step_callbacks)
+
+
+def train(plan: RunPlan) -> dict:
+    """Train (or resume, or return the finished result of) the run in `plan.run_dir`.
+
+    One process at a time per run directory (saeexp.train.lock): a second one refuses with RunLocked.
+    """
+    if plan.run_dir is None:
+        raise ConfigError("paths.run_dir is not set: expected the run's directory (set by the `saeexp` command; "
+                          "composing the config yourself, pass paths.run_dir=DIR)")
+    with RunLock(plan.run_dir):
+        return _train(plan, plan.run_dir)
+
+
+def _discard_finished(run_dir: Path) -> str | None:
+    """`overwrite=true`: remove the results and checkpoint; returns the MLflow run id they were logged to."""
+    old = (run_dir / "mlflow_run_id").read_text().strip() if (run_dir / "mlflow_run_id").exists() else None
+    for p in (run_dir / "metrics.json", run_dir / "checkpoints" / "last.ckpt", run_dir / "sae",
+              run_dir / "mlflow_run_id"):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return old
+
+
+def _train(plan: RunPlan, run_dir: Path) -> dict:
+    metrics_path, ckpt = run_dir / "metrics.json", run_dir / "checkpoints" / "last.ckpt"
+    old_run_id = _discard_finished(run_dir) if plan.overwrite else None
+    if not plan.overwrite and metrics_path.exists():
+        result = json.loads(metrics_path.read_text())
+        print(f"saeexp: run already finished in {run_dir} (overwrite=true to train again)\n  {summary(result)}")
+        return result
+
+    ready = prepare(plan)
+    s = plan.schedule
+    if ckpt.exists():
+        verify_checkpoint(ckpt)
+    logger = open_run(plan.tracking, run_dir)
+    log_config(logger, plan.tracking, run_dir)
+    if old_run_id and old_run_id != logger.run_id:  # its MLflow run is superseded
+        mark_orphaned(logger.experiment, old_run_id, f"overwritten by run {logger.run_id}")
+    saver = RunCheckpoint(ckpt, s.checkpoint_every, s.log_every)
+    # the step's own callbacks first: a resample happens before any checkpoint sees the weights
+    callbacks = [*ready.step_callbacks, saver, TokensProgressBar(s.batch_size), *plan.callbacks]
+    trainer: L.Trainer = plan.make_trainer(max_steps=s.steps, logger=logger, callbacks=callbacks,
+                                           default_root_dir=str(run_dir), enable_checkpointing=False)
+    try:
+        # weights_only: a checkpoint never unpickles code, whatever the torch version's default
+        trainer.fit(ready.module, datamodule=ready.datamodule, ckpt_path=str(ckpt) if ckpt.exists() else None,
+                    weights_only=True)
+        # interrupted, or stopped early by a callback (preempted: saeexp.train.preemption): the checkpoint is
+        # saved; the requeued job resumes
+        if trainer.interrupted or trainer.global_step < s.steps:
+            return {"interrupted": True, "step": trainer.global_step}
+        saver.save(trainer)
+    except Exception as e:  # any failure: the MLflow run says why (a SIGKILLed job cannot: saeexp-pareto reconciles)
+        reason = str(e) if isinstance(e, (TrainingDiverged, ConfigError)) else f"{type(e).__name__}: {e}"
+        logger.mark_failed(redact_text(reason))  # never raises: a store on a full disk must not hide `e`
+        raise
+    return _finish(plan, ready, logger, run_dir)
+
+
+def _finish(plan: RunPlan, ready: Prepared, logger, run_dir: Path) -> dict:
+    """Score on held-out data, save the SAE (raw activations in), report to MLflow, draw the dashboard."""
+    sae, source, scale, s = plan.sae, plan.source, ready.input_scale, plan.schedule
+    scalars, arrays = score(sae, source, scale)
+    scalars.update({"steps": s.steps, "tokens": s.steps * s.batch_size, "input_scale": scale})
+    coef = target_l0.settled_coef(list(ready.module.terms), ready.module.target_l0)
+    if coef is not None:
+        scalars["sparsity_coef"] = coef
+    raw = copy.deepcopy(sae).cpu()  # the saved SAE takes raw activations: fold the scale into a copy
+    raw.fold_input_scale(scale)
+    save_sae(raw, run_dir / "sae", {**plan.model_config, "decoder_norm": raw.decoder_norm},
+             {"input_scale": scale, "d_in": sae.d_in, "d_sae": sae.d_sae, "data": plan.data_config,
+              "run_dir": str(run_dir)}, variant=plan.variant)
+    verdict = learning_verdict(scalars)
+    if verdict is not None:
+        scalars["learning"] = verdict
+        logger.experiment.set_tag(logger.run_id, "saeexp.learning", verdict)
+    result = write_report(scalars, arrays, run_dir, logger)
+    logger.experiment.log_artifacts(logger.run_id, str(run_dir / "sae"), "sae")
+    _dashboard(plan, raw, run_dir, logger)
+    logger.finalize("success")
+    print(f"saeexp: finished {s.steps} steps ({s.steps * s.batch_size:,} tokens) in {run_dir}\n  {summary(result)}\n"
+          f"  MLflow: experiment '{plan.tracking.experiment}', run {logger.run_id} at "
+          f"{redact_text(plan.tracking.uri)}\n"
+          f"  SAE: {run_dir / 'sae'}  (saeexp.load_sae(path))")
+    if verdict is not None:
+        print(f"saeexp: warning: the run finished but did not learn ({verdict}); it is left out of Pareto "
+              "frontiers (lower optimizer.lr or the sparsity coefficient)", file=sys.stderr)
+    return result
+
+
+def _dashboard(plan: RunPlan, raw_sae, run_dir: Path, logger) -> None:
+    """features.html of a single data=lm run (the model is already loaded for the CE evaluation)."""
+    source = plan.source
+    if not (plan.dashboard and source.provides_windows):
+        return
+    if not source.provides_model_eval:  # data.model_eval=false: this run never loads the model
+        print("saeexp: no feature dashboard (data.model_eval=false: no model for the unembedding); "
+              "`saeexp-features RUN` builds it")
+        return
+    try:
+        dashboard(raw_sae, source, run_dir, logger.experiment, logger.run_id)
+    except Exception as e:  # the SAE and its metrics are saved: a dashboard failure is reported, not fatal
+        logger.experiment.set_tag(logger.run_id, "features_error", f"{type(e).__name__}: {e}"[:5000])
+        print(f"saeexp: warning: no feature dashboard ({type(e).__name__}: {e}); "
+              f"`saeexp-features {run_dir}` retries")

@@ -1,0 +1,1 @@
+"""MLflow: the store (experiments, tags a report reads), and the run's Lightning logger."""

@@ -1,0 +1,37 @@
+"""Secrets never reach MLflow params, artifacts or printed lines.
+
+Two kinds are recognised: the user-info part of a URI (`https://user:pass@host` -> `https://***@host`) and the
+value of any key named as a secret (a word `token`, `password`, `passwd` or `secret` in its name: `hf_token`,
+`MLFLOW_TRACKING_PASSWORD`, `apiToken`). `tokens` (a count of tokens, as in `train.tokens`) is not a secret.
+"""
+from __future__ import annotations
+
+import re
+
+MASK = "***"
+# scheme://user-info@ : everything between '//' and the last '@' before the host's path, query or end
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<info>[^/?#\s]+)@")
+_SECRET_WORDS = {"token", "password", "passwd", "secret", "secrets"}
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a config key (its last dotted part) names a secret: `hf_token` yes, `train.tokens` no."""
+    last = str(key).rsplit(".", 1)[-1]
+    words = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", last).lower()  # camelCase -> snake_case
+    return any(w in _SECRET_WORDS for w in re.split(r"[^a-z0-9]+", words))
+
+
+def redact_text(text: str) -> str:
+    """Mask the user-info of every URI in a string."""
+    return _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", str(text))
+
+
+def redact(node, key: str = ""):
+    """A copy of a config tree (dicts, lists, scalars) with secret-named values and URI user-info masked."""
+    if isinstance(node, dict):
+        return {k: redact(v, str(k)) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [redact(v, key) for v in node]
+    if key and is_secret_key(key) and node is not None:
+        return MASK
+    return redact_text(node) if isinstance(node, str) else node

@@ -1,0 +1,32 @@
+"""Fault injection for testing sweeps.
+
+    +callbacks.fault._target_=faults.FaultAt +callbacks.fault.kind=raise
+
+`kind=raise` raises inside training (the job marks its MLflow run FAILED with the reason); `kind=kill` SIGKILLs
+its own process, as the out-of-memory killer would (the run cannot mark itself: saeexp-pareto reconciles it);
+`kind=none` does nothing, so one sweep axis `+callbacks.fault.kind=none,raise,kill` mixes healthy and faulty jobs.
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+from lightning.pytorch.callbacks import Callback
+
+
+class InjectedFault(RuntimeError):
+    """The failure FaultAt raises on purpose."""
+
+
+class FaultAt(Callback):
+    def __init__(self, kind: str = "none", step: int = 2):
+        if kind not in ("none", "raise", "kill"):
+            raise ValueError(f"callbacks.fault.kind={kind!r}: expected none | raise | kill")
+        self.kind, self.step = kind, step
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step < self.step or self.kind == "none":
+            return
+        if self.kind == "raise":
+            raise InjectedFault(f"injected fault at step {trainer.global_step}")
+        os.kill(os.getpid(), signal.SIGKILL)
