@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -55,6 +56,7 @@ def _fsync_dir(folder: Path) -> None:
 def _write_manifest(folder: Path, manifest: dict) -> None:
     """Replace the manifest in one rename (after its bytes are on disk)."""
     tmp = folder / f"{MANIFEST}.tmp{os.getpid()}"
+    manifest["updated"] = time.time()  # when the entry last changed (it only grows)
     with open(tmp, "w") as f:
         f.write(json.dumps(manifest, indent=1))
         f.flush()
