@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# The prepared GPU check (budget: 8 minutes; not yet run on a GPU, as no device was lent): what CPU CI cannot show. Run it on a machine
-# where the project's dependencies are already installed (a lent device machine reaches no package index):
-#   bash scripts/gpu-check.sh            # trainer=gpu (bf16 mixed)
-#   TRAINER=cpu bash scripts/gpu-check.sh  # the same checks on a CPU, to try the script itself
-# Each variant trains briefly on synthetic data with a known dictionary; each line prints its held-out L0 and
-# FVU, and the check fails if a run fails or its metrics are not finite. Then the variants' step throughput.
+# The prepared GPU check (budget: 8 minutes; not yet run on a GPU, as no device was lent): what CPU CI cannot
+# show. Run it where the project's dependencies are already installed (a lent device machine reaches no index):
+#   bash scripts/gpu-check.sh                                 # trainer=gpu (bf16 mixed), 2M tokens per variant
+#   TRAINER=cpu TOKENS=40960 BENCH_ARGS="--variants relu" bash scripts/gpu-check.sh   # try the script on a CPU
+# Each variant trains briefly on synthetic data; a line per variant prints its held-out L0 and FVU, and the check
+# fails if a run fails or its metrics are not finite. Then bench_variants (a CPU step bench: the host's figures
+# for the record, beside the GPU's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-TRAINER=${TRAINER:-gpu}  # TOKENS: per run (2M)
+TRAINER=${TRAINER:-gpu}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 export SAEEXP_RUNS="$work/runs" SAEEXP_CACHE="$work/cache" MLFLOW_TRACKING_URI="sqlite:///$work/mlflow.db"
@@ -34,5 +35,5 @@ print(f"{'ok  ' if ok else 'FAIL'} {model:10s} L0 {m['l0']:7.2f}  FVU {m['fvu']:
 sys.exit(0 if ok else 1)
 PY
 done
-echo "(step throughput on the CPU path, for the record)"
+echo "(bench_variants: the CPU step, for the record)"
 timeout 240 python3 bench/speed/bench_variants.py --quick ${BENCH_ARGS:-} || echo "bench_variants did not finish in 240 s"
