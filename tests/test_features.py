@@ -40,7 +40,7 @@ def run(tmp_path_factory, lm_cache):
         mp.setenv("SAEEXP_CACHE", str(lm_cache))  # the session's: the model is dequantised once
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
         cfg = compose_cfg(["model=relu", "data=lm", f"data.corpus=[{SMALL}]", "data.harvest_tokens=4064",
-                           "data.heldout_tokens=1016", "data.ce_tokens=127", f"model.d_sae={D_SAE}",
+                           "data.epochs=3", "data.heldout_tokens=1016", "data.ce_tokens=127", f"model.d_sae={D_SAE}",
                            "train.tokens=8192", "train.batch_size=256", "train.init_sample_tokens=2048",
                            "train.log_every=8", "train.checkpoint_every=1000"], run_dir=run_dir)
         train_cfg(cfg)

@@ -122,7 +122,8 @@ def test_usr2_preemption_requeues_and_resumes_in_the_same_run(env, tmp_path):
     tags = runs[0].data.tags
     stopped = int(tags["saeexp.preempted_at_step"])
     assert 20 <= stopped < 300 and tags["saeexp.preemptions"] == "1"
-    logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "runs" / "preempt" / ".submitit").rglob("*.out"))
+    # saeexp prints to the job's stdout, Lightning's restore message goes to its stderr
+    logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "runs" / "preempt" / ".submitit").rglob("*_log.*"))
     assert f"saeexp: preempted at step {stopped}; checkpoint saved" in logs
     assert "Restoring states from the checkpoint path" in logs
     assert tags["saeexp.resumed_at_step"] == str(stopped)  # the requeued job went on from that checkpoint
@@ -203,7 +204,7 @@ def test_sweep_on_cached_activations_harvests_once_before_the_array(env, tmp_pat
     tasks = {r.data.tags["slurm_job_id"] for r in runs}
     assert [r[2] for r in rows if r[1] == "saeexp-harvest"] == ["COMPLETED"]
     array_start = [datetime.fromisoformat(r[3]).timestamp() for r in rows if r[0] in tasks]
-    created = json.loads((entries[0] / "manifest.json").read_text())["created"]
+    created = json.loads((entries[0] / "manifest.json").read_text())["updated"]  # complete from then on
     assert len(array_start) == 2 and all(created <= t + 1 for t in array_start)  # sacct has 1 s resolution
     logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "runs" / "lmgrid" / ".submitit").rglob("*_log.*")
                    if "harvest" not in str(p))

@@ -127,7 +127,8 @@ def bench_read_vs_step(tokens: int = 262_144, d_in: int = 576, d_sae: int = 4608
 
 
 def bench_memory() -> dict:
-    """Peak RssAnon training (d_in 576) from caches of 100k and 500k tokens (230 MB and 1.15 GB)."""
+    """Peak RSS (VmRSS, file pages included) training (d_in 576) from caches of 100k and 500k tokens (230 MB and
+    1.15 GB), with tests/test_lm_memory.py's script and stand-in model."""
     test = ROOT / "tests" / "test_lm_memory.py"
     ns: dict = {}
     exec(compile(test.read_text(), str(test), "exec"), ns)
@@ -140,13 +141,17 @@ def bench_memory() -> dict:
     with tempfile.TemporaryDirectory() as d:
         env = {**os.environ, "SAEEXP_RUNS": f"{d}/runs", "SAEEXP_CACHE": f"{d}/cache",
                "MLFLOW_TRACKING_URI": f"sqlite:///{d}/mlflow.db"}
+        sys.path.insert(0, str(ROOT / "tests"))
+        from lm_fakes import write_corpus
+
+        corpus = write_corpus(Path(d) / "corpus", n_files=4, words_per_file=20_000)
         for n in (100_000, 500_000):
-            out = subprocess.run([sys.executable, "-c", run, str(ROOT / "tests"), str(n), f"{d}/run{n}"],
-                                 capture_output=True, text=True, env=env, timeout=1200)
+            out = subprocess.run([sys.executable, "-c", run, str(ROOT / "tests"), corpus, "cache", str(n),
+                                  f"{d}/run{n}"], capture_output=True, text=True, env=env, timeout=1200)
             if out.returncode:
                 raise RuntimeError(out.stderr[-2000:])
             line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT")][-1]
-            res[f"peak_anon_mib_{n}"] = json.loads(line.split(" ", 1)[1])["peak_kb"] / 1024
+            res[f"peak_rss_mib_{n}"] = json.loads(line.split(" ", 1)[1])["peak_kb"] / 1024
     return res
 
 

@@ -209,6 +209,7 @@ def plan_run(cfg: DictConfig, source=None) -> RunPlan:
     check_config(cfg)
     sched = schedule(cfg)
     source = source or make(cfg.data)
+    source.check_tokens(sched.steps * sched.batch_size)  # stream (issue 27): no silent repeats of the data
     penalty = make(plain(cfg.loss)) if cfg.loss.get("_target_") else None
     extra = [make(cfg.ortho)] if (cfg.get("ortho") or {}).get("_target_") else []
     sae = make(cfg.model, **_model_kwargs(cfg, penalty, sched.target_l0))

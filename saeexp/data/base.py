@@ -46,6 +46,21 @@ class ActivationSource:
         for batch in self.batches(batch_size, seed, start):
             yield batch[rank * b:(rank + 1) * b]
 
+    def check_tokens(self, tokens: int) -> None:
+        """Refuse (ConfigError) a run that needs more training tokens than the source can serve without
+        repeating data it was not told to repeat; called once before training."""
+
+    def state_dict(self, batches: int, batch_size: int) -> dict:
+        """What a resumed run needs beyond the batch count to continue this stream exactly (checkpointed)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Take back `state_dict`'s answer before `batches(..., start)` of a resumed run."""
+
+    def rates(self) -> dict | None:
+        """For the progress bar: {harvest_tok_s, wait_s} of a source that computes activations while training."""
+        return None
+
     def truth(self) -> Tensor | None:
         """Ground-truth unit-norm feature directions [n_features, d_in], when known (synthetic data)."""
         return None
@@ -94,3 +109,64 @@ class ChunkedReader:
                 yield torch.index_select(buf, 0, idx)
             skip = 0
             b += 1
+
+
+class EpochReader:
+    """Training batches from a [n, d_in] array-like, every row exactly once per pass, passes in a fresh order.
+
+    Rows are read `chunk_rows` contiguous rows at a time (the last chunk shorter), `buffer_chunks` chunks into
+    a reused buffer, shuffled in RAM (contiguous reads: shared notes/performance.md). Pass e visits the chunks
+    in a permutation seeded (seed, e); the rows of its j-th buffer are permuted with (seed, e, j). Batch i is
+    rows [i * batch_size, (i + 1) * batch_size) of the passes laid end to end (a batch may span two buffers),
+    so `start` is arithmetic and `passes(tokens)` says how often the data repeats. Unlike ChunkedReader,
+    which drops chunks that do not fill a buffer and starts a new pass early, no row is skipped or repeated
+    within a pass.
+    """
+
+    def __init__(self, read, n_rows: int, d_in: int, chunk_rows: int = 8192, buffer_chunks: int = 16):
+        if n_rows < 1:
+            raise ValueError("EpochReader needs at least one row")
+        self.read, self.n_rows, self.d_in = read, n_rows, d_in
+        self.chunk_rows = max(1, min(chunk_rows, n_rows))
+        self.n_chunks = -(-n_rows // self.chunk_rows)
+        self.buffer_chunks = max(1, min(buffer_chunks, self.n_chunks))
+
+    def _chunk(self, c: int) -> tuple[int, int]:
+        lo = c * self.chunk_rows
+        return lo, min(lo + self.chunk_rows, self.n_rows)
+
+    def _buffers(self, seed: int, e: int) -> list[np.ndarray]:
+        """The chunk ids of each buffer of pass e, sorted (sequential reads)."""
+        order = np.random.default_rng([seed, e, 1]).permutation(self.n_chunks)
+        return [np.sort(order[j:j + self.buffer_chunks]) for j in range(0, self.n_chunks, self.buffer_chunks)]
+
+    def batches(self, batch_size: int, seed: int, start: int = 0) -> Iterator[Tensor]:
+        buf = torch.empty(self.buffer_chunks * self.chunk_rows, self.d_in)  # reused for every buffer fill
+        e, row = divmod(start * batch_size, self.n_rows)  # pass, rows of it already served
+        carry = None  # rows of a batch begun in the previous buffer (a copy: the buffer is refilled)
+        while True:
+            for j, chunks in enumerate(self._buffers(seed, e)):
+                size = sum(hi - lo for lo, hi in map(self._chunk, chunks))
+                if row >= size:  # served before `start`
+                    row -= size
+                    continue
+                at = 0
+                for c in chunks:
+                    lo, hi = self._chunk(int(c))
+                    self.read(lo, hi, buf[at:at + hi - lo])
+                    at += hi - lo
+                perm = torch.from_numpy(np.random.default_rng([seed, e, j]).permutation(size))
+                while row < size:
+                    want = batch_size - (0 if carry is None else carry.shape[0])
+                    idx = perm[row:row + want]
+                    row += idx.numel()
+                    # a new tensor per batch: the trainer may hold one batch while fetching the next
+                    part = torch.index_select(buf[:size], 0, idx)
+                    batch = part if carry is None else torch.cat([carry, part])
+                    if batch.shape[0] == batch_size:
+                        carry = None
+                        yield batch
+                    else:
+                        carry = batch
+                row = 0
+            e += 1

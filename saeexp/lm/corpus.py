@@ -18,8 +18,8 @@ from typing import Iterator
 import numpy as np
 
 from saeexp.errors import ConfigError
+from saeexp.lm.windows import WindowStream
 
-BOS_POLICIES = ("exclude", "include", "none")
 PIECE_CHARS = 8000  # long documents are cut (at paragraph breaks) into pieces of about this many characters
 BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -76,8 +76,9 @@ def _pieces(batch: dict, column: str) -> dict:
 
 
 def texts(corpus, split: str = "train", column: str = "text", streaming: bool = False, seed: int = 0,
-          config: str | None = None, revision: str | None = None, cache_dir: Path | None = None) -> Iterator[str]:
-    """The corpus as a deterministic stream of text pieces, shuffled with `seed`."""
+          config: str | None = None, revision: str | None = None, cache_dir: Path | None = None,
+          skip: int = 0) -> Iterator[str]:
+    """The corpus as a deterministic stream of text pieces, shuffled with `seed`, from piece `skip` on."""
     import datasets  # noqa: PLC0415 - the `lm` extra, for data=lm only
 
     files, hub = resolve(corpus)
@@ -102,6 +103,8 @@ def texts(corpus, split: str = "train", column: str = "text", streaming: bool = 
         raise ConfigError(f"data.corpus_column={column!r}: the corpus has columns {names}")
     ds = ds.map(_pieces, batched=True, fn_kwargs={"column": column}, remove_columns=names)
     ds = ds.shuffle(seed=seed, buffer_size=10_000) if streaming else ds.shuffle(seed=seed)
+    if skip:  # a resumed stream or a growing cache: pieces before `skip` were packed already (never tokenized again)
+        ds = ds.skip(skip) if streaming else ds.select(range(min(skip, len(ds)), len(ds)))
     for row in ds:
         yield row["text"]
 
@@ -109,42 +112,4 @@ def texts(corpus, split: str = "train", column: str = "text", streaming: bool = 
 def pack(pieces: Iterator[str], tokenizer, context_size: int, bos: str, n_windows: int,
          batch_docs: int = 64) -> np.ndarray:
     """int32 [n, context_size] token windows, n <= n_windows (fewer only if the corpus runs out)."""
-    if bos not in BOS_POLICIES:
-        raise ConfigError(f"data.bos={bos!r}: expected one of {BOS_POLICIES}")
-    prefix = []
-    if bos != "none":
-        if tokenizer.bos_token_id is None:
-            raise ConfigError(f"data.bos={bos!r}: this tokenizer has no BOS token; use data.bos=none")
-        prefix = [tokenizer.bos_token_id]
-    sep = tokenizer.eos_token_id
-    body = context_size - len(prefix)
-    if body < 1:
-        raise ConfigError(f"data.context_size={context_size}: too small for a BOS plus text")
-    out = np.empty((n_windows, context_size), dtype=np.int32)
-    out[:, :len(prefix)] = prefix
-    stream: list[int] = []
-    n = 0
-    batch: list[str] = []
-
-    def flush():
-        nonlocal n, stream
-        for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
-            stream.extend(ids)
-            if sep is not None:
-                stream.append(sep)
-        k = min(len(stream) // body, n_windows - n)
-        if k:
-            out[n:n + k, len(prefix):] = np.asarray(stream[:k * body], dtype=np.int32).reshape(k, body)
-            stream = stream[k * body:]
-            n += k
-        batch.clear()
-
-    for text in pieces:
-        batch.append(text)
-        if len(batch) == batch_docs:
-            flush()
-            if n == n_windows:
-                return out
-    if batch:
-        flush()
-    return out[:n]
+    return WindowStream(lambda skip: pieces, tokenizer, context_size, bos, batch_docs=batch_docs).take(n_windows)

@@ -1,6 +1,7 @@
 """Run the model over token windows, stopping at the hook's layer, and stream the activations to disk."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -36,22 +37,34 @@ class NpyWriter:
         self.f.write(x.numpy().tobytes())
         self.rows += x.shape[0]
 
-    def close(self) -> None:
+    def close(self, fsync: bool = False) -> None:
+        if fsync:  # the data on disk before anything that lists the file (a manifest) is written
+            self.f.flush()
+            os.fsync(self.f.fileno())
         self.f.close()
         if self.rows != self.n_rows:
             raise RuntimeError(f"wrote {self.rows} rows, expected {self.n_rows}")
 
 
-def open_npy(path: Path, dtype: str):
-    """Memory-map a cache file (file-backed pages, never anonymous memory) as a torch-readable array."""
-    arr = np.load(path, mmap_mode="r")
-    return arr, (torch.bfloat16 if dtype == "bfloat16" else None)
+class RowWriter:
+    """Rows into a preallocated float32 tensor (a slot of the streaming buffer), the NpyWriter interface."""
+
+    def __init__(self, out_ND: torch.Tensor):
+        self.out, self.rows = out_ND, 0
+
+    def write(self, x_ND: torch.Tensor) -> None:
+        self.out[self.rows:self.rows + x_ND.shape[0]].copy_(x_ND)
+        self.rows += x_ND.shape[0]
 
 
 @torch.inference_mode()
-def harvest(bridge, hook: str, windows_WT: np.ndarray, first: int, writer: NpyWriter, d_in: int,
-            batch_windows: int = 32, desc: str = "harvest") -> float:
-    """Write the activations at `hook` of positions [first:] of every window; returns tokens/s."""
+def harvest(bridge, hook: str, windows_WT: np.ndarray, first: int, writer, d_in: int,
+            batch_windows: int = 32, desc: str = "harvest", progress: bool = True) -> float:
+    """Write the activations at `hook` of positions [first:] of every window to `writer` (NpyWriter,
+    RowWriter), `batch_windows` windows per forward from the first window on; returns tokens/s.
+
+    The same windows in the same batches give the same activations: the cache and the stream harvest
+    the held-out windows alike, and a resumed stream re-harvests a fill as the first run did."""
     name, stop = read_point(hook, getattr(bridge.cfg, "n_layers", None))
     got: list[torch.Tensor] = []
 
@@ -61,7 +74,8 @@ def harvest(bridge, hook: str, windows_WT: np.ndarray, first: int, writer: NpyWr
 
     n, T = windows_WT.shape
     t0 = time.perf_counter()
-    bar = tqdm(total=n * (T - first), unit="tok", unit_scale=True, desc=desc, mininterval=1.0)
+    bar = tqdm(total=n * (T - first), unit="tok", unit_scale=True, desc=desc, mininterval=1.0,
+               disable=not progress)
     with bridge.hooks(fwd_hooks=[(name, grab)]):
         for i in range(0, n, batch_windows):
             ids = torch.from_numpy(windows_WT[i:i + batch_windows]).long()

@@ -89,23 +89,41 @@ def _first_over_ranks(step: torch.Tensor) -> torch.Tensor:
 
 
 class TokensProgressBar(TQDMProgressBar):
-    """The default bar plus tokens/s, L0 and FVU (the last two refresh at each log step)."""
+    """The default bar plus tokens/s, L0 and FVU (the last two refresh at each log step).
+
+    A source that computes activations while training (data.stream=true) adds its harvest rate, the training
+    rate with the time spent waiting for the harvest taken out, and which of the two bounds the run."""
 
     def __init__(self, batch_size: int, refresh_rate: int = 10):
         super().__init__(refresh_rate=refresh_rate)
         self.batch_size = batch_size
         self._t0: float | None = None
         self._s0 = 0
+        self._wait0 = 0.0
+
+    @staticmethod
+    def _rates(trainer) -> dict | None:
+        source = getattr(getattr(trainer, "datamodule", None), "source", None)
+        return source.rates() if source is not None else None
 
     def on_train_start(self, trainer, module) -> None:
         super().on_train_start(trainer, module)
         self._t0, self._s0 = time.perf_counter(), trainer.global_step
+        self._wait0 = (self._rates(trainer) or {}).get("wait_s", 0.0)
 
     def get_metrics(self, trainer, module):
         m = super().get_metrics(trainer, module)
         m.pop("v_num", None)
         if self._t0 is not None:
             dt = time.perf_counter() - self._t0
+            tokens = (trainer.global_step - self._s0) * self.batch_size
             if dt > 0:
-                m["tok/s"] = f"{(trainer.global_step - self._s0) * self.batch_size / dt:,.0f}"
+                m["tok/s"] = f"{tokens / dt:,.0f}"
+            rates = self._rates(trainer)
+            if rates and rates.get("harvest_tok_s") and tokens:
+                busy = dt - (rates["wait_s"] - self._wait0)  # the SAE's own time: waits for the model taken out
+                train = tokens / busy if busy > 0 else float("inf")
+                m["harvest"] = f"{rates['harvest_tok_s']:,.0f}"
+                m["train"] = f"{train:,.0f}"
+                m["bound"] = "harvest" if rates["harvest_tok_s"] < train else "train"
         return m

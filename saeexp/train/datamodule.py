@@ -20,10 +20,10 @@ class _Stream(IterableDataset):
 
 
 class ActivationDataModule(L.LightningDataModule):
-    """Serves the source's training stream; its checkpointed state is the number of batches consumed.
+    """Serves the source's training stream; its checkpointed state is the number of batches consumed (and, for a
+    source that needs more to continue exactly, the source's own state: data.stream=true's corpus position).
 
-    Data-parallel (trainer=ddp): `batch_size` is the global batch; each rank gets its shard of every one.
-    """
+    Data-parallel (trainer=ddp): `batch_size` is the global batch; each rank gets its shard of every one."""
 
     def __init__(self, source: ActivationSource, batch_size: int, seed: int):
         super().__init__()
@@ -44,7 +44,11 @@ class ActivationDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict:
         # one batch per optimiser step, so the stream position is the global step
-        return {"batches_consumed": self.trainer.global_step if self.trainer else self.start}
+        batches = self.trainer.global_step if self.trainer else self.start
+        # stream (issue 27): what else the source needs to continue exactly (a streamed source: where in the
+        # corpus its buffer's oldest fill began)
+        return {"batches_consumed": batches, "source": self.source.state_dict(batches, self.batch_size)}
 
     def load_state_dict(self, state: dict) -> None:
         self.start = int(state["batches_consumed"])
+        self.source.load_state_dict(state.get("source") or {})  # stream (issue 27)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import warnings
 
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.environments import SLURMEnvironment
@@ -96,6 +97,10 @@ def requeue_if_preempted() -> None:
 
 def slurm_plugins():
     """Trainer plugins: under SLURM, Lightning's environment without its own USR1 auto-requeue."""
-    if not SLURMEnvironment.detect():
-        return None
+    # detect() also warns when `srun` exists but did not start us: true of any SLURM login node, where a plain
+    # `saeexp` run is intended; the warning would precede every one-line refusal there
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The `srun` command is available")
+        if not SLURMEnvironment.detect():
+            return None
     return [SLURMEnvironment(auto_requeue=False)]
