@@ -38,7 +38,7 @@ def evaluate(sae, x_ND: Tensor, batch_size: int = 4096, dense_above: float = DEN
     x_sum = torch.zeros(d, dtype=torch.float64)
     for lo in range(0, n, batch_size):
         x = x_ND[lo:lo + batch_size].float()
-        out = sae(x)
+        out = sae(x.to(sae.W_dec.dtype))  # an SAE left in the trainer's dtype (trainer.precision=64-true)
         x_hat, acts = out.x_hat_BD.float(), out.acts_BF
         on = acts > 0
         counts_F += on.sum(0).double()

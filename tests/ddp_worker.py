@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from test_ddp import CASES, ddp_overrides
+from test_ddp import ddp_overrides
 
 
 def main(out: Path, cases: list[str]) -> None:

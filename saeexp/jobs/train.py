@@ -138,6 +138,10 @@ def _fit(plan: RunPlan, ready: Prepared, run_dir: Path, logger) -> tuple[L.Train
     callbacks = [*ready.step_callbacks, saver, TokensProgressBar(s.batch_size), *plan.callbacks]
     trainer: L.Trainer = plan.make_trainer(max_steps=s.steps, logger=logger, callbacks=callbacks,
                                            default_root_dir=str(run_dir), enable_checkpointing=False)
+    # the module in the precision it trains in before a checkpoint is restored into it: Lightning restores before
+    # it converts, so 64-true's float64 weights would pass through the float32 ones and resume rounded (no-op
+    # for mixed precision)
+    trainer.strategy.precision_plugin.convert_module(ready.module)
     # weights_only: a checkpoint never unpickles code, whatever the torch version's default
     trainer.fit(ready.module, datamodule=ready.datamodule, ckpt_path=str(ckpt) if ckpt.exists() else None,
                 weights_only=True)

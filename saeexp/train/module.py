@@ -10,7 +10,6 @@ from saeexp.losses.recon import MSE
 from saeexp.metrics import batch_metrics, decoder_mmcs
 from saeexp.sae.base import SAE
 from saeexp.train.memory import reuse_freed_memory
-from saeexp.util import ranks
 from saeexp.train.step import (
     Recipe,
     after_optimizer_step,
@@ -19,6 +18,7 @@ from saeexp.train.step import (
     make_optimizer,
     step_losses,
 )
+from saeexp.util import ranks
 
 DEC_MMCS_EVERY_LOGS = 10  # train/dec_mmcs is logged at every 10th log step (and the last step)
 
