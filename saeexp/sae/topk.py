@@ -85,6 +85,9 @@ class _SparseDecode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, vals_N: Tensor, f_N: Tensor, b_N: Tensor, offsets_B: Tensor, W_FD: Tensor):
         ctx.set_materialize_grads(False)
+        # under autocast (bf16-mixed) the encoder hands bf16 values to fp32 weights; embedding_bag takes one
+        # dtype, so the bag sums in the weights' (autograd casts the values' gradient back); a no-op otherwise
+        vals_N = vals_N.to(W_FD.dtype)
         y_BD = torch.ops.aten._embedding_bag(W_FD, f_N, offsets_B, False, 0, False, vals_N)[0]
         ctx.save_for_backward(vals_N, f_N, b_N, offsets_B, W_FD)
         return y_BD
