@@ -167,3 +167,15 @@ def test_saeexp_trainer_ddp_one_run_killed_rank_resumes_equal_to_one_process(tmp
     resampler = next(v for k, v in ckpt["callbacks"].items() if k.startswith("Resampling"))
     history = resampler["_extra_state"]["history"]
     assert_equals_one_process(CLI_CASE, ckpt["state_dict"], history, tmp_path)
+
+
+@pytest.mark.parametrize("bad, says", [(["trainer.devices=3", "train.batch_size=1000"], "expected a multiple of 3"),
+                                       (["trainer.devices=0"], "expected at least 1")])
+def test_a_batch_that_does_not_split_over_the_devices_is_refused_before_any_rank_starts(bad, says, capsys,
+                                                                                        tmp_path):
+    from test_bad_inputs import run_cli
+
+    code, err = run_cli(["saeexp", "trainer=ddp", *bad], capsys)
+    assert code == 2 and err.strip().splitlines() == [next(ln for ln in err.splitlines() if says in ln)]
+    assert err.startswith("saeexp: error: ")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("run.lock"))

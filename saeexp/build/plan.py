@@ -204,12 +204,27 @@ def multirun() -> bool:
     return mode is not None and mode.name == "MULTIRUN"
 
 
+def _check_devices(trainer: DictConfig, batch_size: int) -> None:
+    """trainer=ddp: the global batch splits evenly over the ranks (refused here, before the lock and the ranks
+    start, rather than by every rank inside the fit)."""
+    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
+    if not isinstance(devices, int) or not isinstance(nodes, int):  # "auto", a list of ids: Lightning decides
+        return
+    world = devices * nodes
+    if world < 1:
+        raise ConfigError(f"trainer.devices={devices}, trainer.num_nodes={nodes}: expected at least 1 each")
+    if batch_size % world:
+        raise ConfigError(f"train.batch_size={batch_size} over {world} devices: expected a multiple of {world} "
+                          "(each device steps on an equal share of every global batch)")
+
+
 def plan_run(cfg: DictConfig, source=None) -> RunPlan:
     """The run plan of a composed training config (`source`: an already built data source to share)."""
     check_config(cfg)
     sched = schedule(cfg)
     source = source or make(cfg.data)
     source.check_tokens(sched.steps * sched.batch_size)  # stream (issue 27): no silent repeats of the data
+    _check_devices(cfg.trainer, sched.batch_size)
     penalty = make(plain(cfg.loss)) if cfg.loss.get("_target_") else None
     extra = [make(cfg.ortho)] if (cfg.get("ortho") or {}).get("_target_") else []
     sae = make(cfg.model, **_model_kwargs(cfg, penalty, sched.target_l0))
