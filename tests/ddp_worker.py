@@ -1,4 +1,4 @@
-"""Trains cases of tests/test_step_equivalence.py under `trainer=ddp` (2 processes, gloo) and saves each rank's
+"""Trains the cases of tests/test_ddp.py (CASES) under `trainer=ddp` (2 processes, gloo) and saves each rank's
 final SAE: `python tests/ddp_worker.py OUT CASE...`. Lightning's launcher re-runs this script for rank 1, and
 every `Trainer.fit` after the first reuses the process group, so one launch covers several cases.
 tests/test_ddp.py starts it and compares the SAEs with the single-process run's."""

@@ -125,6 +125,7 @@ def _saeexp(args: list[str], cwd: Path, env: dict, hold: Path | None = None) -> 
                             text=True)
 
 
+@pytest.mark.slow
 def test_saeexp_trainer_ddp_one_run_killed_rank_resumes_equal_to_one_process(tmp_path, one_thread):
     """The command a user types: one run directory, one lock, one MLflow run, one checkpoint; kill -9 of rank 1
     mid-run (Lightning then kills rank 0), and the same command again resumes and equals the one-process SAE."""

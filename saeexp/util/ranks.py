@@ -45,6 +45,7 @@ def all_sum(t: Tensor) -> Tensor:
 
 
 def all_min(t: Tensor) -> Tensor:
+    """The elementwise minimum over ranks of `t` (a new tensor; `t` itself when not sharded)."""
     if _world == 1:
         return t
     t = t.clone()
