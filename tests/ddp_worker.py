@@ -22,7 +22,7 @@ def main(out: Path, cases: list[str]) -> None:
     torch.set_num_threads(1)
     for case in cases:
         with tempfile.TemporaryDirectory() as tmp:
-            plan = plan_run(compose_cfg(ddp_overrides(case), run_dir=Path(tmp) / "run"))
+            plan = plan_run(compose_cfg(ddp_overrides(case, acts=out / "acts.npy"), run_dir=Path(tmp) / "run"))
             # composed outside a Hydra command: Lightning's launcher must re-run this script as it is
             HydraConfig.instance().cfg = None  # type: ignore[assignment]
             ready = prepare(plan)

@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT, compose_cfg
@@ -43,22 +44,37 @@ CASES = {
     "topk": STEP_CASES["topk"][0],
     "batchtopk": ["model=batchtopk", "model.k=4", "model.dead_window_tokens=null", "model.dead_window_batches=2"],
 }
+# activations read from a file (data=file: the chunked, shuffled reader the activation cache uses too), so each
+# rank's shard is cut from a reader's batches and not only from synthetic ones; ACTS is written by ddp_runs
+CASES["relu+file"] = ["model=relu", "loss.l1=1", "data=file", "data.path={acts}", "data.d_in=16",
+                      "data.heldout_tokens=256", "data.chunk_tokens=512", "data.buffer_chunks=4"]
 CLI_CASE = "relu"  # trained by the `saeexp` command (test_saeexp_trainer_ddp...), killed and resumed
 CASES[CLI_CASE] = STEP_CASES["relu"][0]
 PERTURB = {"jumprelu+target_l0": 6e-8}  # float32's unit roundoff; 1e-13 (a few hundred float64 ulps) otherwise
 
 
-def ddp_overrides(case: str, ddp: bool = True) -> list[str]:
-    return [*CASES[case], *COMMON, *(["trainer=ddp", "trainer.devices=2"] if ddp else [])]
+def ddp_overrides(case: str, ddp: bool = True, acts: Path | None = None) -> list[str]:
+    own = [o.format(acts=acts) for o in CASES[case]]
+    # COMMON's data.* keys are the synthetic source's; a case with its own data= keeps its own
+    common = [o for o in COMMON if not (o.startswith("data.") and "data=file" in own)]
+    return [*own, *common, *(["trainer=ddp", "trainer.devices=2"] if ddp else [])]
 
 
-def one_process(case: str, tmp: str, perturb: float = 0.0) -> dict:
+def write_acts(path: Path) -> Path:
+    """8,192 rows of sparse combinations of 48 random directions in d_in 16 (the file case's activations)."""
+    g = torch.Generator().manual_seed(5)
+    codes = (torch.rand(8192, 48, generator=g) < 0.06) * torch.rand(8192, 48, generator=g)
+    np.save(path, (codes @ torch.randn(48, 16, generator=g)).numpy().astype(np.float32))
+    return path
+
+
+def one_process(case: str, tmp: str, perturb: float = 0.0, acts: Path | None = None) -> dict:
     """The one-process run of the case (the state of its SAE and controller, the resample history)."""
     from saeexp.build.plan import plan_run
     from saeexp.jobs.train import prepare
 
     torch.set_num_threads(1)
-    plan = plan_run(compose_cfg(ddp_overrides(case, ddp=False), run_dir=Path(tmp) / "run"))
+    plan = plan_run(compose_cfg(ddp_overrides(case, ddp=False, acts=acts), run_dir=Path(tmp) / "run"))
     ready = prepare(plan)
     # in float64 already (what 64-true does at the fit's start): a relative 1e-13 is no change to a float32
     plan.sae.double()
@@ -73,10 +89,10 @@ def one_process(case: str, tmp: str, perturb: float = 0.0) -> dict:
     return {"state": copy.deepcopy(ready.module.state_dict()), "history": [tuple(h) for h in plan.resampler.history]}
 
 
-def assert_equals_one_process(case: str, state: dict, history, tmp: Path) -> None:
+def assert_equals_one_process(case: str, state: dict, history, tmp: Path, acts: Path | None = None) -> None:
     """`state` (a module state_dict) is the one-process run's within what rounding can do."""
-    want = one_process(case, str(tmp / "one"))
-    moved = one_process(case, str(tmp / "moved"), perturb=PERTURB.get(case, 1e-13))
+    want = one_process(case, str(tmp / "one"), acts=acts)
+    moved = one_process(case, str(tmp / "moved"), perturb=PERTURB.get(case, 1e-13), acts=acts)
     assert [tuple(h) for h in history] == want["history"], f"{case}: resampled {history}, one process " \
                                                            f"{want['history']}"
     ctl = [k for k in want["state"] if k.startswith("target_ctl.")]
@@ -99,6 +115,7 @@ def assert_equals_one_process(case: str, state: dict, history, tmp: Path) -> Non
 def ddp_runs(tmp_path_factory):
     """Every case but the CLI's trained under trainer=ddp with 2 processes: one launch (about 25 s on 2 cores)."""
     out = tmp_path_factory.mktemp("ddp")
+    write_acts(out / "acts.npy")
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
     cases = [c for c in CASES if c != CLI_CASE]
     p = subprocess.run([sys.executable, str(ROOT / "tests" / "ddp_worker.py"), str(out), *cases], cwd=out, env=env,
@@ -116,7 +133,8 @@ def test_ddp_equals_one_process(case, ddp_runs, tmp_path_factory, one_thread):
         same = torch.equal(t, r1["state"][name]) if isinstance(t, torch.Tensor) else t == r1["state"][name]
         assert same, f"{case}: rank 1's {name} differs from rank 0's"
     assert r0["history"] == r1["history"] and r0["history"] and r0["history"][0][1] > 0, "no resampling event"
-    assert_equals_one_process(case, r0["state"], r0["history"], tmp_path_factory.mktemp(case))
+    assert_equals_one_process(case, r0["state"], r0["history"], tmp_path_factory.mktemp(case),
+                              acts=ddp_runs / "acts.npy")
 
 
 def _saeexp(args: list[str], cwd: Path, env: dict, hold: Path | None = None) -> subprocess.Popen:
