@@ -3,7 +3,8 @@
 A console script is `command(config_name, task)`: Hydra composes `conf/<config_name>.yaml` with the command
 line, the guard (saeexp.cli.guard) checks it before Hydra writes anything, and `task(cfg)` turns it into a
 plan and runs it. An error a user can act on is one line on stderr, `saeexp: error: ...`, exit 2; under `-m`
-it is re-raised so that the launcher records that job as failed and the sweep goes on.
+it is re-raised so that the launcher records that job as failed and the sweep goes on. A run stopped by SIGTERM
+or SIGINT (saeexp.train.stop) is one line too, and exit 128 + the signal number.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from saeexp.cli.refuse import discard_created, fail
 from saeexp.cli.renamed import check_argv
 from saeexp.configtree import conf_dir
 from saeexp.errors import ConfigError, StorageError, TrainingDiverged
+from saeexp.train.stop import Stopped
 
 T = TypeVar("T")
 USER_ERRORS = (ConfigError, TrainingDiverged, StorageError)
@@ -31,6 +33,9 @@ def run_task(task: Callable[[DictConfig], object], cfg: DictConfig):
     removed); a disk that filled up or turned read-only mid-run named by its file."""
     try:
         return task(cfg)
+    except Stopped as e:  # a signal asked to stop: the whole command stops, a sweep's next jobs included
+        print(f"saeexp: {e}", file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
     except OSError as e:
         if e.errno not in FULL_DISK:
             raise

@@ -24,6 +24,7 @@ from saeexp.train.callbacks import RunCheckpoint, TokensProgressBar, verify_chec
 from saeexp.train.datamodule import ActivationDataModule
 from saeexp.train.lock import RunLock
 from saeexp.train.module import SAEModule
+from saeexp.train.stop import StopOnSignal, Stopped
 from saeexp.util.redact import redact_text
 
 
@@ -113,20 +114,26 @@ def _train(plan: RunPlan, run_dir: Path) -> dict:
     log_config(logger, plan.tracking, run_dir)
     if old_run_id and old_run_id != logger.run_id:  # its MLflow run is superseded
         mark_orphaned(logger.experiment, old_run_id, f"overwritten by run {logger.run_id}")
-    saver = RunCheckpoint(ckpt, s.checkpoint_every, s.log_every)
+    saver, stop = RunCheckpoint(ckpt, s.checkpoint_every, s.log_every), StopOnSignal()
     # the step's own callbacks first: a resample happens before any checkpoint sees the weights
-    callbacks = [*ready.step_callbacks, saver, TokensProgressBar(s.batch_size), *plan.callbacks]
+    callbacks = [*ready.step_callbacks, saver, stop, TokensProgressBar(s.batch_size), *plan.callbacks]
     trainer: L.Trainer = plan.make_trainer(max_steps=s.steps, logger=logger, callbacks=callbacks,
                                            default_root_dir=str(run_dir), enable_checkpointing=False)
     try:
         # weights_only: a checkpoint never unpickles code, whatever the torch version's default
         trainer.fit(ready.module, datamodule=ready.datamodule, ckpt_path=str(ckpt) if ckpt.exists() else None,
                     weights_only=True)
+        stopped = stop.stopped()
+        if stopped is not None:  # SIGTERM/SIGINT: checkpointed at the step's end; the CLI says so and exits
+            logger.mark_killed(stopped.name, str(stopped))
+            raise stopped
         # interrupted, or stopped early by a callback (preempted: saeexp.train.preemption): the checkpoint is
         # saved; the requeued job resumes
         if trainer.interrupted or trainer.global_step < s.steps:
             return {"interrupted": True, "step": trainer.global_step}
         saver.save(trainer)
+    except Stopped:
+        raise
     except Exception as e:  # any failure: the MLflow run says why (a SIGKILLed job cannot: saeexp-pareto reconciles)
         reason = str(e) if isinstance(e, (TrainingDiverged, ConfigError)) else f"{type(e).__name__}: {e}"
         logger.mark_failed(redact_text(reason))  # never raises: a store on a full disk must not hide `e`
