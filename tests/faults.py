@@ -46,3 +46,15 @@ class ReadyAt(Callback):
         if not os.path.exists(self.path):
             open(self.path, "w").close()
         time.sleep(self.pace_s)
+
+
+class SlowUntilRequeued(Callback):
+    """Sleeps `pace_s` after every step until SLURM requeues the job (SLURM_RESTART_COUNT set and above 0): a
+    first attempt that outlasts a short time limit, and a requeued one at full speed."""
+
+    def __init__(self, pace_s: float = 0.5):
+        self.pace_s = pace_s
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if int(os.environ.get("SLURM_RESTART_COUNT") or 0) == 0:
+            time.sleep(self.pace_s)

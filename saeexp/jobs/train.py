@@ -24,6 +24,7 @@ from saeexp.train.callbacks import RunCheckpoint, TokensProgressBar, verify_chec
 from saeexp.train.datamodule import ActivationDataModule
 from saeexp.train.lock import RunLock
 from saeexp.train.module import SAEModule
+from saeexp.train.preemption import time_limit_requeue
 from saeexp.train.stop import StopOnSignal, Stopped
 from saeexp.util.redact import redact_text
 
@@ -125,6 +126,8 @@ def _train(plan: RunPlan, run_dir: Path) -> dict:
                     weights_only=True)
         stopped = stop.stopped()
         if stopped is not None:  # SIGTERM/SIGINT: checkpointed at the step's end; the CLI says so and exits
+            if time_limit_requeue(stopped, logger):  # ... unless SLURM's time limit sent it: requeued, as preempted
+                return {"interrupted": True, "step": stopped.step}
             logger.mark_killed(stopped.name, str(stopped))
             raise stopped
         # interrupted, or stopped early by a callback (preempted: saeexp.train.preemption): the checkpoint is

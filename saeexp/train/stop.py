@@ -43,8 +43,13 @@ class StopOnSignal(Callback):
         self.saved = False
 
     def _note(self, signum, frame) -> None:
-        if self.signum is not None:  # a second signal while the step finishes: stop now, as asked twice
-            sys.exit(128 + signum)  # the last checkpoint on disk is whole (written by rename)
+        if self.signum is not None:
+            # SLURM delivers a time limit's SIGTERM more than once (to the task, and again through srun): a repeat
+            # is ignored. Ctrl-C twice is a person who will not wait for the step: stop now (the checkpoint on
+            # disk stays whole: it is written by rename)
+            if signum == signal.SIGINT:
+                sys.exit(128 + signum)
+            return
         self.signum = signum  # nothing printed here: a print inside a handler can re-enter a half-written line
 
     def on_train_start(self, trainer, module) -> None:
