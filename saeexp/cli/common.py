@@ -8,7 +8,10 @@ or SIGINT (saeexp.train.stop) is one line too, and exit 128 + the signal number.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
+import os
 import sys
 from typing import Callable, TypeVar
 
@@ -22,10 +25,15 @@ from saeexp.cli.renamed import check_argv
 from saeexp.configtree import conf_dir
 from saeexp.errors import ConfigError, StorageError, TrainingDiverged
 from saeexp.train.stop import Stopped
+from saeexp.util.redact import redact_text
 
 T = TypeVar("T")
 USER_ERRORS = (ConfigError, TrainingDiverged, StorageError)
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+SHOWS_CONFIG = {"--cfg", "-c", "--info", "-i"}  # Hydra's flags that print the composed config and stop
+# MLflow prints "View run ... at: <tracking URI>" on each run's end, user-info (a password) included; saeexp
+# prints its own line with the URI masked (saeexp.jobs.train)
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def run_task(task: Callable[[DictConfig], object], cfg: DictConfig):
@@ -62,7 +70,16 @@ def command(config_name: str, task: Callable[[DictConfig], object], argv_rewrite
             check_argv(sys.argv[1:])
         except ConfigError as e:
             fail(e)
-        _main()
+        if not SHOWS_CONFIG & set(sys.argv[1:]):
+            _main()
+            return
+        # Hydra prints the config itself, past every callback: mask the secrets a command line put in it
+        shown = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(shown):
+                _main()
+        finally:
+            sys.stdout.write(redact_text(shown.getvalue()))
 
     return main
 

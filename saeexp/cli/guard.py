@@ -23,6 +23,7 @@ from saeexp.build.checks import check_config
 from saeexp.cli.refuse import created, fail, remember_created
 from saeexp.errors import ConfigError
 from saeexp.tracking.store import sqlite_file
+from saeexp.util.files import atomic_write_text
 from saeexp.util.redact import redact_text
 from saeexp.util.safepath import path_part
 
@@ -106,6 +107,17 @@ class RunGuard(Callback):
         except ConfigError as e:
             fail(e)
         remember_created(run_dir)
+
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        """Hydra has just saved the job's config, overrides and its own config under `.hydra/`: mask what a
+        command line put there in clear (`logger.tracking_uri=http://user:pass@host`, a `..._token=`)."""
+        subdir = OmegaConf.select(config, "hydra.output_subdir")
+        if subdir is None:
+            return
+        for f in (Path(str(config.hydra.runtime.output_dir)) / str(subdir)).glob("*.yaml"):
+            text = f.read_text()
+            if redact_text(text) != text:
+                atomic_write_text(f, redact_text(text))
 
     def on_run_end(self, config: DictConfig, **kwargs) -> None:
         created.clear()  # the command got through: nothing of it is to be discarded any more

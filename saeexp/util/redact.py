@@ -11,6 +11,7 @@ import re
 MASK = "***"
 # scheme://user-info@ : everything between '//' and the last '@' before the host's path, query or end
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<info>[^/?#\s]+)@")
+_ASSIGNMENT = re.compile(r"(?P<key>[+~]*[A-Za-z_][\w.]*)=(?P<value>[^\s,'\"\]]+)")
 _SECRET_WORDS = {"token", "password", "passwd", "secret", "secrets"}
 
 
@@ -22,8 +23,10 @@ def is_secret_key(key: str) -> bool:
 
 
 def redact_text(text: str) -> str:
-    """Mask the user-info of every URI in a string."""
-    return _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", str(text))
+    """Mask the user-info of every URI in a string, and the value of a secret-named `key=value` (an override as
+    typed, e.g. `data.hf_token=...`)."""
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", str(text))
+    return _ASSIGNMENT.sub(lambda m: f"{m['key']}={MASK}" if is_secret_key(m["key"]) else m[0], text)
 
 
 def redact(node, key: str = ""):
