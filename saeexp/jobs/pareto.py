@@ -20,7 +20,7 @@ from saeexp.report.frontier import (
     table,
 )
 from saeexp.report.reconcile import reconcile
-from saeexp.tracking.store import ORPHANED_TAG, RUN_DIR_TAG
+from saeexp.tracking.store import ORPHANED_TAG, RUN_DIR_TAG, sqlite_file
 from saeexp.util.redact import redact_text
 
 KIND_TAG = "saeexp.kind"
@@ -86,6 +86,10 @@ def report(experiment: str, tracking_uri: str, out_dir: Path, do_reconcile: bool
     """Everything `saeexp-pareto` does, returned as a dict (for tests and scripts)."""
     from mlflow.tracking import MlflowClient  # noqa: PLC0415 - mlflow is heavy (seconds to import): only code that talks to a store imports it
 
+    db = sqlite_file(tracking_uri)
+    if db is not None and not db.is_file():  # MLflow would create an empty store there to find nothing in it
+        raise ConfigError(f"experiment {experiment!r}: no MLflow store at {str(db)!r} (expected the runs root of a "
+                          "sweep that ran: SAEEXP_RUNS, or MLFLOW_TRACKING_URI)")
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:

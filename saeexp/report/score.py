@@ -24,7 +24,9 @@ def score(sae, source, input_scale: float, batch_size: int = 4096, model_eval: b
     ev = M.evaluate(sae, x_eval, batch_size)
     density = ev.pop("density")
     dec_best = M.decoder_mmcs(sae.W_dec.detach())
-    scalars = {**ev, "dec_mmcs": dec_best.mean().item(), "eval_tokens": x_eval.shape[0], "d_sae": sae.d_sae}
+    # with one feature there is no other decoder row to compare with: undefined (NaN, saved as null)
+    mmcs = dec_best.mean().item() if sae.d_sae > 1 else float("nan")
+    scalars = {**ev, "dec_mmcs": mmcs, "eval_tokens": x_eval.shape[0], "d_sae": sae.d_sae}
     truth = source.truth()
     if truth is not None:
         scalars.update(M.ground_truth_recovery(truth, sae.W_dec.detach()))
