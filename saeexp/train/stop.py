@@ -39,7 +39,7 @@ class StopOnSignal(Callback):
 
     def __init__(self):
         self.signum: int | None = None
-        self.step = 0
+        self.step: int | None = None  # where training stopped for the signal (None: it had ended already)
         self.saved = False
 
     def _note(self, signum, frame) -> None:
@@ -53,7 +53,7 @@ class StopOnSignal(Callback):
         self.signum = signum  # nothing printed here: a print inside a handler can re-enter a half-written line
 
     def on_train_start(self, trainer, module) -> None:
-        # after Lightning registered its own SIGTERM handler (which it restores, with ours, after fit)
+        # after Lightning registered its SIGTERM handler; when fit ends it puts back the handlers it found
         for s in SIGNALS:
             signal.signal(s, self._note)
 
@@ -66,4 +66,6 @@ class StopOnSignal(Callback):
 
     def stopped(self) -> Stopped | None:
         """What stopped training, once `fit` has returned; None if no signal did."""
-        return Stopped(self.signum, self.step, self.saved) if self.signum is not None else None
+        # a signal after the last step's end stopped nothing: the run finishes as it would have
+        return Stopped(self.signum, self.step, self.saved) if self.signum is not None and self.step is not None \
+            else None
