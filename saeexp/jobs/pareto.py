@@ -19,8 +19,9 @@ from saeexp.report.frontier import (
     matched_table,
     table,
 )
-from saeexp.report.reconcile import reconcile
+from saeexp.report.reconcile import OPEN, reconcile
 from saeexp.tracking.store import ORPHANED_TAG, RUN_DIR_TAG, sqlite_file
+from saeexp.train import lock
 from saeexp.util.redact import redact_text
 
 KIND_TAG = "saeexp.kind"
@@ -62,6 +63,32 @@ def read_runs(client, experiment_id: str) -> tuple[list[dict], dict[str, int]]:
     return runs, counts
 
 
+def reconcile_local(client, experiment_id: str) -> list[tuple[str, str]]:
+    """Mark FAILED every open run outside SLURM whose process is gone (kill -9, the out-of-memory killer): its
+    run directory holds no lock any more, or one naming a process on this host that no longer runs. A holder
+    on another host cannot be checked here and is left open (saeexp.train.lock)."""
+    mine, marked = lock.me(), []
+    for r in client.search_runs([experiment_id], max_results=10000):
+        run_dir = r.data.tags.get(RUN_DIR_TAG)
+        if r.info.status not in OPEN or r.data.tags.get("slurm_job_id") or not run_dir or not Path(run_dir).is_dir():
+            continue
+        try:
+            holder = json.loads((Path(run_dir) / lock.LOCK_NAME).read_text())
+        except FileNotFoundError:  # a live run holds its lock from before its MLflow run opens to its end
+            holder = None
+        except (OSError, ValueError):
+            continue
+        if holder is not None and lock.holder_alive(holder, mine):
+            continue
+        who = f"process {lock.describe(holder)}" if holder else "its process"
+        reason = (f"killed from outside: {who} is gone while the run was {r.info.status}; marked by saeexp-pareto "
+                  "(the same command resumes from the last checkpoint)")
+        client.set_tag(r.info.run_id, "failure_reason", reason)
+        client.set_terminated(r.info.run_id, "FAILED")
+        marked.append((r.info.run_id, reason))
+    return marked
+
+
 def _current(runs: list) -> list:
     """Of several runs logged for one run directory, the one its `mlflow_run_id` names (else the latest): the
     others were orphaned (overwritten, or written by a second process before runs were locked)."""
@@ -95,7 +122,7 @@ def report(experiment: str, tracking_uri: str, out_dir: Path, do_reconcile: bool
     if exp is None:
         raise ConfigError(f"experiment {experiment!r}: no such MLflow experiment at {redact_text(tracking_uri)} "
                           "(expected the name= of a sweep that ran)")
-    marked = reconcile(client, exp.experiment_id) if do_reconcile else []
+    marked = reconcile(client, exp.experiment_id) + reconcile_local(client, exp.experiment_id) if do_reconcile else []
     runs, counts = read_runs(client, exp.experiment_id)
     points = aggregate(runs)
     by_series = mark_frontiers(points)
