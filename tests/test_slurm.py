@@ -250,12 +250,13 @@ def test_a_password_in_the_tracking_uri_is_in_no_output_file_or_param(env, tmp_p
     """The real server of this module, reached as http://alice:s3cret@...: MLflow's own 'View run ... at <URI>'
     lines, Hydra's saved config and overrides, and the run's files and params all leave the password out."""
     uri = env["MLFLOW_TRACKING_URI"].replace("http://", "http://alice:s3cret@")
-    p = subprocess.run(["saeexp", *TINY, "train.tokens=8192", "name=secret", f"logger.tracking_uri={uri}"],
+    # a one-job sweep on the local launcher: the sweep's multirun.yaml as well as the job's .hydra/
+    p = subprocess.run(["saeexp", "-m", *TINY, "train.tokens=8192", "name=secret", f"logger.tracking_uri={uri}"],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "s3cret" not in p.stdout + p.stderr and "http://***@127.0.0.1" in p.stdout
     files = [f for f in (tmp_path / "runs").rglob("*") if f.is_file()]
-    assert any(f.parent.name == ".hydra" for f in files)
+    assert any(f.parent.name == ".hydra" for f in files) and any(f.name == "multirun.yaml" for f in files)
     assert [str(f) for f in files if b"s3cret" in f.read_bytes()] == []
     client, runs = runs_of(env, "secret")
     assert len(runs) == 1 and not [k for k, v in runs[0].data.params.items() if "s3cret" in v]

@@ -25,7 +25,7 @@ from saeexp.cli.renamed import check_argv
 from saeexp.configtree import conf_dir
 from saeexp.errors import ConfigError, StorageError, TrainingDiverged
 from saeexp.train.stop import Stopped
-from saeexp.util.redact import redact_text
+from saeexp.util.redact import redact_log_records, redact_text
 
 T = TypeVar("T")
 USER_ERRORS = (ConfigError, TrainingDiverged, StorageError)
@@ -34,6 +34,7 @@ SHOWS_CONFIG = {"--cfg", "-c", "--info", "-i"}  # Hydra's flags that print the c
 # MLflow prints "View run ... at: <tracking URI>" on each run's end, user-info (a password) included; saeexp
 # prints its own line with the URI masked (saeexp.jobs.train)
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+redact_log_records()
 
 
 def run_task(task: Callable[[DictConfig], object], cfg: DictConfig):

@@ -17,6 +17,7 @@ from urllib.request import Request, urlopen
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from saeexp.build.checks import check_config
@@ -112,10 +113,11 @@ class RunGuard(Callback):
         """Hydra has just saved the job's config, overrides and its own config under `.hydra/`: mask what a
         command line put there in clear (`logger.tracking_uri=http://user:pass@host`, a `..._token=`)."""
         subdir = OmegaConf.select(config, "hydra.output_subdir")
-        if subdir is None:
-            return
-        for f in (Path(str(config.hydra.runtime.output_dir)) / str(subdir)).glob("*.yaml"):
-            text = f.read_text()
+        saved = list((Path(str(config.hydra.runtime.output_dir)) / str(subdir)).glob("*.yaml")) if subdir else []
+        if OmegaConf.select(config, "hydra.mode") in (RunMode.MULTIRUN, "MULTIRUN"):  # the sweep's own copy too
+            saved.append(Path(str(config.hydra.sweep.dir)) / "multirun.yaml")
+        for f in saved:
+            text = f.read_text() if f.is_file() else ""
             if redact_text(text) != text:
                 atomic_write_text(f, redact_text(text))
 
