@@ -277,6 +277,8 @@ def test_console_script_exits_2_and_writes_nothing(tmp_path):
 
 
 # --- issue 25: what a command reads is never written to, weights are checked, no credential is shown ------------
+# (its other cases need a real process or service: SIGTERM/SIGINT in test_signals.py, the SLURM time limit and a
+# password in the tracking URI in test_slurm.py, a kill -9'd run left RUNNING in test_pareto.py)
 EVAL_DATA = ["data=synthetic", "data.d_in=8", "data.heldout_tokens=2048"]
 
 
