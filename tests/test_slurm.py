@@ -80,6 +80,7 @@ def sacct(env, *job_ids):
 
 
 def test_2x2_sweep_is_one_array_job_and_every_run_is_in_mlflow(env, tmp_path, time_limited):
+    # time_limited is not used here: asking for it starts that sweep now, so its time limit passes meanwhile
     out = sweep(env, tmp_path, "name=grid", *TINY, "model.d_sae=64,128", "loss.l1=1e-3,3e-3",
                 "train.tokens=8192")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
