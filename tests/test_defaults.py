@@ -14,7 +14,6 @@ import pytest
 from conftest import compose_cfg, train_cfg
 from test_cli import run
 
-
 # recovered@0.9 at least. TopK at k 8 recovered 1.000 at seeds 0 and 1. JumpReLU plateaus at the bar at
 # this budget: 0.898 / 0.906 at seeds 0 / 1 for the default 3e-2, 0.85-0.87 at 2.5e-2-5e-2 (conf/loss/l0.yaml),
 # so its test asks for 0.85, well clear of the 0.002 the old default ended at.
