@@ -55,8 +55,9 @@ def read_runs(client, experiment_id: str) -> tuple[list[dict], dict[str, int]]:
                      "items": its}
         runs.append({"run_id": r.info.run_id, "series": sid, "control": control, "value": value,
                      "metrics": {k: v for k, v in r.data.metrics.items() if k.startswith("final/")},
-                     # finished without learning (saeexp.report.score.learning_verdict): drawn hollow, off frontiers
-                     "failed": t.get("saeexp.learning", "").startswith("failed")})
+                     # finished without learning, or degenerate (saeexp.report.verdict): hollow, off frontiers
+                     "failed": t.get("saeexp.learning", "").startswith("failed"),
+                     "suspect": t.get("saeexp.learning", "").startswith("suspect")})
     names = S.labels(info)
     for run in runs:
         run["label"] = names[run["series"]]
@@ -129,7 +130,8 @@ def report(experiment: str, tracking_uri: str, out_dir: Path, do_reconcile: bool
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {"experiment": experiment, "status_counts": counts, "marked_failed": marked, "points": [
         {"series": p.series, "label": p.label, "control": p.control, "value": p.value, "seeds": p.n,
-         "mean": p.mean, "sd": p.sd, "frontier": p.frontier, "run_ids": p.run_ids} for p in points],
+         "mean": p.mean, "sd": p.sd, "frontier": p.frontier, "run_ids": p.run_ids,
+         "failed": p.failed, "suspect": p.suspect} for p in points],
         "table": table(points), "matched": matched_table(points)}
     if points:
         title = f"Pareto frontiers: {experiment} ({len(runs)} runs, {len(by_series)} series)"

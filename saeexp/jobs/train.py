@@ -15,7 +15,8 @@ from saeexp.errors import ConfigError, TrainingDiverged
 from saeexp.io import save_sae
 from saeexp.jobs.features import dashboard
 from saeexp.plan import Init, RunPlan
-from saeexp.report.score import learning_verdict, score, summary, write_report
+from saeexp.report import verdict as verdicts
+from saeexp.report.score import score, summary, write_report
 from saeexp.resample.callback import Resampling
 from saeexp.tracking.logger import log_config, open_run
 from saeexp.tracking.store import mark_orphaned
@@ -157,7 +158,8 @@ def _finish(plan: RunPlan, ready: Prepared, logger, run_dir: Path) -> dict:
     save_sae(raw, run_dir / "sae", {**plan.model_config, "decoder_norm": raw.decoder_norm},
              {"input_scale": scale, "d_in": sae.d_in, "d_sae": sae.d_sae, "data": plan.data_config,
               "run_dir": str(run_dir)}, variant=plan.variant)
-    verdict = learning_verdict(scalars)
+    scalars["dense_l0"] = verdicts.dense_l0(arrays["density"])
+    verdict = verdicts.judge(scalars, sae.d_in, sae.d_sae)
     if verdict is not None:
         scalars["learning"] = verdict
         logger.experiment.set_tag(logger.run_id, "saeexp.learning", verdict)
@@ -170,8 +172,9 @@ def _finish(plan: RunPlan, ready: Prepared, logger, run_dir: Path) -> dict:
           f"{redact_text(plan.tracking.uri)}\n"
           f"  SAE: {run_dir / 'sae'}  (saeexp.load_sae(path))")
     if verdict is not None:
-        print(f"saeexp: warning: the run finished but did not learn ({verdict}); it is left out of Pareto "
-              "frontiers (lower optimizer.lr or the sparsity coefficient)", file=sys.stderr)
+        c, true_l0 = plan.control, source.describe().get("expected_l0")
+        print(verdicts.warning(verdict, (c.name, c.value, c.keys), sae.d_in, scalars.get("l0"), true_l0),
+              file=sys.stderr)
     return result
 
 

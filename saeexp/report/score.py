@@ -89,17 +89,3 @@ def summary(scalars: dict) -> str:
             v = scalars[k]
             parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
     return "  ".join(parts)
-
-
-def learning_verdict(scalars: dict) -> str | None:
-    """`failed:<reason>` for a run that finished without learning, else None (the run stays FINISHED).
-
-    FVU >= 1 on held-out data: the SAE reconstructs no better than the mean would (a loss that blew up while
-    staying finite ends here too, e.g. optimizer.lr=1e6).
-    """
-    fvu = scalars.get("fvu")
-    if fvu is None or fvu != fvu:
-        return "failed:fvu_undefined"
-    if fvu >= 1.0:
-        return f"failed:fvu={fvu:.3g}>=1"
-    return None
