@@ -16,6 +16,7 @@ from saeexp.errors import ConfigError
 from saeexp.interop import saelens
 from saeexp.util.files import temp_name
 from saeexp.util.redact import redact
+from saeexp.util.weights import check_weights
 
 CONVENTIONS = {
     "input_scale": "trained on x * input_scale so that E||x|| = sqrt(d_in); folded into the saved weights",
@@ -116,11 +117,14 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu", config_dirs=N
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise ConfigError(f"{str(weights)!r}: not a readable .safetensors file ({e})") from None
-    missing, unexpected = sae.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k != "tokens_since_fired"]
+    own = sae.state_dict()
+    missing = [k for k in own if k not in state and k != "tokens_since_fired"]
+    unexpected = [k for k in state if k not in own]
     if missing or unexpected:
         raise ConfigError(f"{str(weights)!r}: weights do not match variant {type(sae).__name__} "
                           f"(missing {missing}, unexpected {unexpected})")
+    check_weights(state, {k: tuple(v.shape) for k, v in own.items()}, str(weights))
+    sae.load_state_dict(state, strict=False)
     return sae.to(device).eval()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 from lightning.pytorch.callbacks import Callback
 
@@ -30,3 +31,30 @@ class FaultAt(Callback):
         if self.kind == "raise":
             raise InjectedFault(f"injected fault at step {trainer.global_step}")
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class ReadyAt(Callback):
+    """From step `step` on, each attempt of a run creates `path` once (a test then sends its signal) and sleeps
+    `pace_s` after every step, so that a signal lands while training still has steps to go."""
+
+    def __init__(self, path: str, step: int = 50, pace_s: float = 0.02):
+        self.path, self.step, self.pace_s = path, step, pace_s
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step < self.step:
+            return
+        if not os.path.exists(self.path):
+            open(self.path, "w").close()
+        time.sleep(self.pace_s)
+
+
+class SlowUntilRequeued(Callback):
+    """Sleeps `pace_s` after every step until SLURM requeues the job (SLURM_RESTART_COUNT set and above 0): a
+    first attempt that outlasts a short time limit, and a requeued one at full speed."""
+
+    def __init__(self, pace_s: float = 0.5):
+        self.pace_s = pace_s
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if int(os.environ.get("SLURM_RESTART_COUNT") or 0) == 0:
+            time.sleep(self.pace_s)

@@ -156,6 +156,9 @@ ROWS = [
     ("experiment_dotdot", lambda t, r: ["name=../../escape"], ["name='../../escape'", "plain name"]),
     ("experiment_absolute", lambda t, r: ["name=/abs_escape"], ["name='/abs_escape'", "plain name"]),
     ("experiment_separator", lambda t, r: ["name=a/b"], ["name='a/b'", "plain name"]),
+    # k is set from the target: the refusal names the key typed, not model.k
+    ("target_l0_above_d_sae", lambda t, r: ["model=topk", "train.target_l0=1000"],
+     ["train.target_l0=1000", "model.d_sae=64"]),
 ]
 
 
@@ -271,3 +274,111 @@ def test_console_script_exits_2_and_writes_nothing(tmp_path):
                        timeout=300)
     one_error_line(p.returncode, p.stderr, "name='../../escape'")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b"]
+
+
+# --- issue 25: what a command reads is never written to, weights are checked, no credential is shown ------------
+# (its other cases need a real process or service: SIGTERM/SIGINT in test_signals.py, the SLURM time limit and a
+# password in the tracking URI in test_slurm.py, a kill -9'd run left RUNNING in test_pareto.py)
+EVAL_DATA = ["data=synthetic", "data.d_in=8", "data.heldout_tokens=2048"]
+
+
+def _two_saes_in_one_parent(tmp_path) -> tuple[Path, Path]:
+    from saeexp.io import save_sae
+    from saeexp.sae import ReLUSAE
+
+    dirs = []
+    for i, name in enumerate(("a", "b")):
+        torch.manual_seed(i)
+        dirs.append(save_sae(ReLUSAE(d_in=8, d_sae=16), tmp_path / "downloads" / name,
+                             {"_target_": "saeexp.sae.ReLUSAE", "d_in": 8, "d_sae": 16}, {"input_scale": 1.0}))
+    return dirs[0], dirs[1]
+
+
+def test_eval_writes_under_the_runs_root_never_beside_the_sae_and_never_overwrites(tmp_path, capsys):
+    from conftest import compose_cfg
+
+    from saeexp.build.saved import plan_saved
+    from saeexp.jobs.evaluate import evaluate_saved
+
+    a, b = _two_saes_in_one_parent(tmp_path)
+    before = sorted(p.name for p in a.parent.iterdir())
+    for d in (a, b):
+        evaluate_saved(plan_saved(compose_cfg([f"sae={d}", *EVAL_DATA], config_name="eval")))
+    assert sorted(p.name for p in a.parent.iterdir()) == before  # nothing beside the SAEs
+    written = [ln.split("written to ")[1] for ln in capsys.readouterr().out.splitlines() if "written to" in ln]
+    assert len(set(written)) == 2 and all(Path(w).is_relative_to(Path(os.environ["SAEEXP_RUNS"]) / "eval")
+                                          for w in written)
+    first = Path(written[0]).read_bytes()
+    code, err = run_cli(["saeexp-eval", str(a), *EVAL_DATA], capsys, entry="eval")
+    print(one_error_line(code, err, written[0], "overwrite=true"), file=sys.__stdout__)
+    assert Path(written[0]).read_bytes() == first  # the refused command changed nothing
+    evaluate_saved(plan_saved(compose_cfg([f"sae={a}", *EVAL_DATA, "overwrite=true"], config_name="eval")))
+
+
+def _nan_in_w_dec(folder: Path, file: str) -> None:
+    from safetensors.torch import load_file, save_file
+
+    t = load_file(str(folder / file))
+    t["W_dec"][3, 1] = float("nan")
+    save_file(t, str(folder / file))
+
+
+def test_non_finite_or_misshapen_weights_are_refused_naming_the_tensor(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from saeexp.interop import saelens_write
+    from saeexp.sae import ReLUSAE
+
+    a, b = _two_saes_in_one_parent(tmp_path)
+    _nan_in_w_dec(a, "sae.safetensors")
+    lens = saelens_write.export(ReLUSAE(d_in=8, d_sae=16), tmp_path / "downloads" / "lens")
+    _nan_in_w_dec(lens, "sae_weights.safetensors")
+    t = load_file(str(b / "sae.safetensors"))
+    t["W_enc"] = torch.zeros(8, 17)
+    save_file(t, str(b / "sae.safetensors"))
+    for folder, needles in ((a, ["W_dec", "non-finite"]), (lens, ["W_dec", "non-finite"]),
+                            (b, ["W_enc", "(8, 17)", "(8, 16)"])):
+        code, err = run_cli(["saeexp-eval", str(folder), *EVAL_DATA], capsys, entry="eval")
+        print(one_error_line(code, err, *needles), file=sys.__stdout__)
+    nothing_left(tmp_path)
+
+
+def test_cfg_job_resolve_shows_no_credential(capsys):
+    import importlib
+
+    old, sys.argv = sys.argv, ["saeexp", "--cfg", "job", "--resolve", "logger.tracking_uri=http://alice:s3cret@host:5000"]
+    try:
+        importlib.import_module("saeexp.cli.train").main()
+    finally:
+        sys.argv = old
+    out = capsys.readouterr().out
+    assert "tracking_uri: http://***@host:5000" in out and "s3cret" not in out
+
+
+def test_pareto_of_an_unknown_experiment_is_one_line(tmp_path, capsys):
+    code, err = run_cli(["saeexp-pareto", "no_such_experiment"], capsys, entry="pareto")
+    print(one_error_line(code, err, "no_such_experiment"), file=sys.__stdout__)
+    assert not (tmp_path / "mlflow.db").exists()  # no empty store created to look in
+
+
+def test_a_full_disk_names_the_file_it_could_not_write(capsys):
+    from saeexp.cli.common import run_task
+    from saeexp.lm.harvest import NpyWriter
+
+    def harvest(cfg):  # the cache's writer, its rows going to a device that is always full
+        NpyWriter(Path("/dev/full"), 4096, 8, "float32").write(torch.zeros(4096, 8))
+
+    with pytest.raises(SystemExit) as exited:
+        run_task(harvest, None)
+    print(one_error_line(exited.value.code, capsys.readouterr().err, "cannot write '/dev/full'", "No space left"),
+          file=sys.__stdout__)
+
+
+def test_an_undefined_metric_is_null_not_a_sentinel(tmp_path, compose_config):
+    from saeexp.build.plan import plan_run
+    from saeexp.report.score import score, write_report
+
+    plan = plan_run(compose_config([*SMALL, "model=relu", "model.d_sae=1"]))
+    plan.source.prepare()
+    result = write_report(*score(plan.sae, plan.source, 1.0), tmp_path)
+    assert result["dec_mmcs"] is None  # no other decoder row to compare with

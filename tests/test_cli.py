@@ -55,7 +55,10 @@ def test_train_logs_mlflow_run_and_eval_rescores(tmp_path):
     assert "already finished" in again.stdout
 
     e = run(["saeexp-eval", str(run_dir)], tmp_path)
-    ev = json.loads((run_dir / "eval_metrics.json").read_text())
+    # results go under the runs root, named after the SAE, never beside or into what was read; the line says where
+    written = Path(e.stdout.split("written to ")[-1].strip())
+    assert written.parent.parent == Path(os.environ["SAEEXP_RUNS"]) / "eval" and not (run_dir / "eval_metrics.json").exists()
+    ev = json.loads(written.read_text())
     assert ev["fvu"] == pytest.approx(metrics["fvu"], rel=1e-4) and ev["l0"] == pytest.approx(metrics["l0"])
     assert "fvu=" in e.stdout
 

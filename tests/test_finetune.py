@@ -2,6 +2,8 @@
 ratio toward 1 and lower MSE with L0 unchanged; each method trains exactly its parameters; the result is
 saved as a normal SAE that reproduces the fine-tuned reconstruction."""
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -115,8 +117,9 @@ def test_cli_config_scores_before_after_and_saves_a_normal_sae(shrunk, tmp_path,
     cfg = compose_cfg([f"sae={tmp_path / 'run'}", "method=decoder", "tokens=51200", "batch_size=512", "lr=1e-2"],
                       config_name="finetune")
     result = finetune_saved(plan_finetune(cfg))
-    out = tmp_path / "run" / "finetune_decoder"
-    assert result["out"] == str(out)
+    out = Path(result["out"])  # under the runs root, named after the run and method, never beside the SAE read
+    assert out.parent == Path(os.environ["SAEEXP_RUNS"]) / "finetune" and out.name.startswith("run_decoder__")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["sae"]
     b, a = result["before"], result["after"]
     assert a["mse"] < b["mse"] and abs(1 - a["l2_ratio"]) < abs(1 - b["l2_ratio"]) and a["l0"] == b["l0"]
     summary = json.loads((out / "finetune_summary.json").read_text())

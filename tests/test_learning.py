@@ -79,11 +79,11 @@ def test_synthetic_defaults_are_realistic():
 def test_a_run_that_did_not_learn_is_tagged_and_kept_off_frontiers():
     """FVU >= 1 at the end: the run stays FINISHED with a verdict; the report draws it but no frontier holds it."""
     from saeexp.report.frontier import FVU, L0, aggregate, mark_frontiers
-    from saeexp.report.score import learning_verdict
+    from saeexp.report.verdict import judge
 
-    assert learning_verdict({"fvu": 0.2}) is None
-    assert learning_verdict({"fvu": 6e12}) == "failed:fvu=6e+12>=1"
-    assert learning_verdict({"fvu": float("nan")}) == "failed:fvu_undefined"
+    assert judge({"fvu": 0.2}) is None
+    assert judge({"fvu": 6e12}, 64, 1024) == "failed:fvu=6e+12>=1"
+    assert judge({"fvu": float("nan")}, 64, 1024) == "failed:fvu_undefined"
     runs = [{"run_id": str(i), "series": "s", "label": "relu", "control": "coefficient", "value": v,
              "metrics": {L0: l0, FVU: fvu}, "failed": failed}
             for i, (v, l0, fvu, failed) in enumerate([("1", 10, 0.3, False), ("2", 5, 0.5, False),

@@ -160,3 +160,41 @@ def test_concurrent_writers_to_a_server_lose_nothing_and_the_report_reads_them_b
         assert len(client.get_metric_history(r.info.run_id, "train/loss")) == 5
         assert {L0, FVU, CE} <= set(r.data.metrics)
     _report_and_check(server, "server_sweep", tmp_path)
+
+
+def test_a_run_whose_local_process_was_killed_is_marked_failed_not_left_running(tmp_path):
+    """A real process holds the run directory's lock and is SIGKILLed, its MLflow run still RUNNING (it could not
+    say so itself); the report marks it FAILED, and leaves alone a run whose holder still lives."""
+    import signal
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    from saeexp.jobs.pareto import report
+    from saeexp.tracking.store import RUN_DIR_TAG
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("killed")
+    holders, run_ids = [], []
+    for name in ("killed", "alive"):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        holders.append(subprocess.Popen(
+            [sys.executable, "-c", "import time\nfrom saeexp.train.lock import RunLock\n"
+             f"RunLock({str(run_dir)!r}).__enter__()\nprint('held', flush=True)\ntime.sleep(600)"],
+            stdout=subprocess.PIPE, text=True))
+        run_ids.append(client.create_run(exp, tags={RUN_DIR_TAG: str(run_dir)}).info.run_id)
+    try:
+        assert all(h.stdout.readline().strip() == "held" for h in holders)
+        holders[0].send_signal(signal.SIGKILL)
+        holders[0].wait()
+        r = report("killed", uri, tmp_path / "report", log=False)
+    finally:
+        for h in holders:
+            h.kill()
+            h.wait()
+    killed, alive = (client.get_run(i) for i in run_ids)
+    assert killed.info.status == "FAILED" and "killed from outside" in killed.data.tags["failure_reason"]
+    assert alive.info.status == "RUNNING" and [m[0] for m in r["marked_failed"]] == [run_ids[0]]

@@ -30,12 +30,31 @@ def services(tmp_path_factory):
         yield {**slurm_env, "MLFLOW_TRACKING_URI": uri}
 
 
-@pytest.fixture
-def env(services, tmp_path):
+def _env(services, tmp_path: Path) -> dict:
     # one thread per job: tiny models on a 2-core box run ~6x faster than with torch's default pool
     tests = str(Path(__file__).resolve().parent)  # the jobs import the fault injector from tests/faults.py
     return {**os.environ, **services, "SAEEXP_RUNS": str(tmp_path / "runs"), "OMP_NUM_THREADS": "1",
             "PYTHONPATH": os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)}
+
+
+@pytest.fixture
+def env(services, tmp_path):
+    return _env(services, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def time_limited(services, tmp_path_factory):
+    """A one-job sweep whose first attempt outlasts its SLURM time limit of 1 minute (SLURM's least; slurmctld
+    enforces it up to 30 s late), with no warning signal before it (`signal_delay_s=0`), so SLURM's own SIGTERM
+    is what the job gets. The first test of this module starts it, so that its minute overlaps theirs."""
+    tmp = tmp_path_factory.mktemp("time_limit")
+    env = _env(services, tmp)
+    proc = sweep(env, tmp, "name=timelimit", *TINY, "train.tokens=307200", "train.checkpoint_every=1000",
+                 "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=0",
+                 "+callbacks.slow._target_=faults.SlowUntilRequeued", wait=False)
+    yield proc, tmp, env
+    if proc.poll() is None:
+        proc.kill()
 
 
 def sweep(env, cwd, *args, timeout=300, wait=True):
@@ -60,7 +79,8 @@ def sacct(env, *job_ids):
     return dict(line.split("|")[:2] for line in out.splitlines() if line)
 
 
-def test_2x2_sweep_is_one_array_job_and_every_run_is_in_mlflow(env, tmp_path):
+def test_2x2_sweep_is_one_array_job_and_every_run_is_in_mlflow(env, tmp_path, time_limited):
+    # time_limited is not used here: asking for it starts that sweep now, so its time limit passes meanwhile
     out = sweep(env, tmp_path, "name=grid", *TINY, "model.d_sae=64,128", "loss.l1=1e-3,3e-3",
                 "train.tokens=8192")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -209,3 +229,35 @@ def test_sweep_on_cached_activations_harvests_once_before_the_array(env, tmp_pat
     logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "runs" / "lmgrid" / ".submitit").rglob("*_log.*")
                    if "harvest" not in str(p))
     assert "waiting for another process building" not in logs and "rebuilding" not in logs
+
+
+def test_a_job_past_its_time_limit_checkpoints_at_sigterm_is_requeued_and_finishes(time_limited):
+    proc, tmp, env = time_limited
+    out, _ = proc.communicate(timeout=420)
+    assert proc.returncode == 0, out[-3000:]
+    client, runs = runs_of(env, "timelimit")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # one MLflow run, across both attempts
+    tags = runs[0].data.tags
+    stopped = int(tags["saeexp.preempted_at_step"])
+    assert 0 < stopped < 300 and tags["saeexp.preemptions"] == "1" and tags["saeexp.resumed_at_step"] == str(stopped)
+    logs = "".join(p.read_text(errors="replace") for p in (tmp / "runs" / "timelimit" / ".submitit").rglob("*_log.*"))
+    assert "DUE TO TIME LIMIT" in logs  # SLURM's own SIGTERM, not a warning signal, stopped the first attempt
+    assert f"saeexp: SLURM time limit at step {stopped}; checkpoint saved, requeueing" in logs
+    (run_dir,) = run_dirs_in(tmp / "runs" / "timelimit")
+    assert (run_dir / "sae" / "sae.safetensors").exists()
+
+
+def test_a_password_in_the_tracking_uri_is_in_no_output_file_or_param(env, tmp_path):
+    """The real server of this module, reached as http://alice:s3cret@...: MLflow's own 'View run ... at <URI>'
+    lines, Hydra's saved config and overrides, and the run's files and params all leave the password out."""
+    uri = env["MLFLOW_TRACKING_URI"].replace("http://", "http://alice:s3cret@")
+    # a one-job sweep on the local launcher: the sweep's multirun.yaml as well as the job's .hydra/
+    p = subprocess.run(["saeexp", "-m", *TINY, "train.tokens=8192", "name=secret", f"logger.tracking_uri={uri}"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "s3cret" not in p.stdout + p.stderr and "http://***@127.0.0.1" in p.stdout
+    files = [f for f in (tmp_path / "runs").rglob("*") if f.is_file()]
+    assert any(f.parent.name == ".hydra" for f in files) and any(f.name == "multirun.yaml" for f in files)
+    assert [str(f) for f in files if b"s3cret" in f.read_bytes()] == []
+    client, runs = runs_of(env, "secret")
+    assert len(runs) == 1 and not [k for k, v in runs[0].data.params.items() if "s3cret" in v]

@@ -94,6 +94,10 @@ def _model_kwargs(cfg: DictConfig, penalty, target: float | None) -> dict:
     out: dict = {}
     if target is not None and getattr(get_class(cfg.model._target_), "sparsity_control", None) == "k":
         out["k"] = max(1, round(target))
+        d_sae = cfg.model.get("d_sae")
+        if isinstance(d_sae, int) and out["k"] > d_sae:  # named as typed: the user set no model.k
+            raise ConfigError(f"train.target_l0={target:g}: a target L0 above model.d_sae={d_sae} (k is set from "
+                              "it); expected a target <= d_sae")
     if cfg.model.get("decoder_norm") == "auto":
         out["decoder_norm"] = penalty.decoder_norms[0] if penalty is not None else "unit"
     return out

@@ -13,6 +13,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="saeexp-features", description="feature dashboard of a data=lm run")
     p.add_argument("run", help="a run directory")
     p.add_argument("--out", default=None, help="the HTML file (default RUN/features.html)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dashboard")
     args = p.parse_args(argv)
     run = Path(args.run)
-    argparse_errors(lambda: features_for_run(run, plan_features(run), Path(args.out) if args.out else None))
+    argparse_errors(lambda: features_for_run(run, plan_features(run), Path(args.out) if args.out else None,
+                                             args.overwrite))

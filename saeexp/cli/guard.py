@@ -17,12 +17,14 @@ from urllib.request import Request, urlopen
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from saeexp.build.checks import check_config
 from saeexp.cli.refuse import created, fail, remember_created
 from saeexp.errors import ConfigError
 from saeexp.tracking.store import sqlite_file
+from saeexp.util.files import atomic_write_text
 from saeexp.util.redact import redact_text
 from saeexp.util.safepath import path_part
 
@@ -106,6 +108,18 @@ class RunGuard(Callback):
         except ConfigError as e:
             fail(e)
         remember_created(run_dir)
+
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        """Hydra has just saved the job's config, overrides and its own config under `.hydra/`: mask what a
+        command line put there in clear (`logger.tracking_uri=http://user:pass@host`, a `..._token=`)."""
+        subdir = OmegaConf.select(config, "hydra.output_subdir")
+        saved = list((Path(str(config.hydra.runtime.output_dir)) / str(subdir)).glob("*.yaml")) if subdir else []
+        if OmegaConf.select(config, "hydra.mode") in (RunMode.MULTIRUN, "MULTIRUN"):  # the sweep's own copy too
+            saved.append(Path(str(config.hydra.sweep.dir)) / "multirun.yaml")
+        for f in saved:
+            text = f.read_text() if f.is_file() else ""
+            if redact_text(text) != text:
+                atomic_write_text(f, redact_text(text))
 
     def on_run_end(self, config: DictConfig, **kwargs) -> None:
         created.clear()  # the command got through: nothing of it is to be discarded any more

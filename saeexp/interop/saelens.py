@@ -21,6 +21,7 @@ from torch import Tensor
 
 from saeexp.errors import ConfigError
 from saeexp.sae import GatedSAE, JumpReLUSAE, ReLUSAE, TopKSAE
+from saeexp.util.weights import check_weights
 
 CFG, WEIGHTS, SPARSITY = "cfg.json", "sae_weights.safetensors", "sparsity.safetensors"
 # the SAELens release whose format this module was checked against (tests/test_saelens.py runs it)
@@ -96,6 +97,7 @@ def _read_tensors(path: Path, shapes: dict, dims: dict, arch: str) -> dict[str, 
         if tuple(out[k].shape) != want:
             raise ConfigError(f"{str(file)!r}: {k} has shape {tuple(out[k].shape)}, expected {want} "
                               f"({', '.join(f'{n}={dims[n]}' for n in dict.fromkeys(names))})")
+    check_weights(out, {}, str(file))  # shapes checked above against d_in and d_sae
     scaling = out.pop("scaling_factor", None)
     if scaling is not None and not torch.all(scaling == 1):
         raise ConfigError(f"{str(file)!r}: a fine-tuning 'scaling_factor' that is not all ones (pre-6.0 SAELens); "

@@ -54,6 +54,10 @@ NOT_EXPORTABLE = {
 }
 
 
+def _local(corpus: str) -> bool:
+    return corpus.startswith(("/", "~", ".")) or os.path.exists(corpus) or any(c in corpus for c in "*?[")
+
+
 def lm_metadata(data: dict | None) -> dict:
     """SAELens' metadata fields from a saeexp data config (what a `data=lm` run was trained on)."""
     data = data or {}
@@ -71,7 +75,8 @@ def lm_metadata(data: dict | None) -> dict:
         # saeexp leaves out the BOS position only (EOS separators between documents are trained on)
         "exclude_special_tokens": bos == "exclude",
         "sequence_separator_token": "eos",
-        "dataset_path": corpus if isinstance(corpus, str) else None,
+        # a hub dataset name, never a local path or glob (a shared SAE does not carry the trainer's directories)
+        "dataset_path": corpus if isinstance(corpus, str) and not _local(corpus) else None,
     }
 
 

@@ -19,6 +19,9 @@ def export_saved(path: str | Path, out: str | Path, fmt: str = "saelens") -> Pat
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{str(path)!r}: no such run or SAE directory")
+    if Path(out).resolve().is_relative_to(path.resolve()):
+        raise ConfigError(f"{str(out)!r} is inside the folder read, {str(path)!r}, which is never written to; "
+                          "expected a new folder elsewhere")
     sae = load_sae(path)
     density = None
     if saelens.is_folder(path):  # re-export: keep what the folder says about itself
@@ -29,7 +32,8 @@ def export_saved(path: str | Path, out: str | Path, fmt: str = "saelens") -> Pat
         info = load_meta(sae_dir)
         meta = {**saelens_write.lm_metadata(info.get("data")),
                 "saeexp": {"variant": type(sae).__name__, "input_scale_folded": info.get("input_scale"),
-                           "run_dir": info.get("run_dir")}}
+                           # the run's name only: a shared SAE does not carry the trainer's directories
+                           "run": Path(str(info.get("run_dir") or "")).name or None}}
         density_file = sae_dir.parent / "final_density.safetensors"
         if density_file.is_file():
             density = load_file(str(density_file))["density"]

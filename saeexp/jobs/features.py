@@ -6,6 +6,7 @@ from pathlib import Path
 
 import yaml
 
+from saeexp.errors import ConfigError
 from saeexp.features.build import write
 from saeexp.io import load_sae
 
@@ -20,9 +21,12 @@ def dashboard(sae, source, run_dir: Path, client=None, run_id: str | None = None
     return info
 
 
-def features_for_run(run: Path, source, out: Path | None = None) -> dict:
+def features_for_run(run: Path, source, out: Path | None = None, overwrite: bool = False) -> dict:
     """The dashboard of a finished data=lm run directory, with the data source it was trained on (built from its
     meta.json by saeexp.build.saved.plan_features), logged to its MLflow run when it has one."""
+    target = out or run / "features.html"
+    if target.exists() and not overwrite:  # refused before the work, which takes minutes
+        raise ConfigError(f"{str(target)!r} already exists: expected --out NEW_FILE, or --overwrite to replace it")
     sae = load_sae(run)
     client = run_id = None
     if (run / "mlflow_run_id").is_file() and (run / "config.yaml").is_file():

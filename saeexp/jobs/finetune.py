@@ -163,6 +163,7 @@ def finetune_saved(plan: FinetunePlan) -> dict:
     saved = plan.saved
     if plan.method not in METHODS:
         raise ConfigError(f"method={plan.method!r}: expected one of {METHODS}")
+    out = out_dir(saved, "finetune", f"_{plan.method}", "sae")  # refused before the work, not after
     sae, meta, scale = open_saved(saved)
     path, source, batch = saved.path, saved.source, saved.batch_size
     sdir = sae_dir(path)
@@ -175,7 +176,6 @@ def finetune_saved(plan: FinetunePlan) -> dict:
     tuned = model.to_sae()
     after, arrays = score(tuned, source, scale, batch)
 
-    out = out_dir(saved, f"finetune/{path.resolve().name}_{plan.method}", sdir.parent / f"finetune_{plan.method}")
     raw = copy.deepcopy(tuned).cpu()
     raw.fold_input_scale(scale)
     variant = None

@@ -19,8 +19,9 @@ from saeexp.report.frontier import (
     matched_table,
     table,
 )
-from saeexp.report.reconcile import reconcile
-from saeexp.tracking.store import ORPHANED_TAG, RUN_DIR_TAG
+from saeexp.report.reconcile import OPEN, reconcile
+from saeexp.tracking.store import ORPHANED_TAG, RUN_DIR_TAG, sqlite_file
+from saeexp.train import lock
 from saeexp.util.redact import redact_text
 
 KIND_TAG = "saeexp.kind"
@@ -54,12 +55,39 @@ def read_runs(client, experiment_id: str) -> tuple[list[dict], dict[str, int]]:
                      "items": its}
         runs.append({"run_id": r.info.run_id, "series": sid, "control": control, "value": value,
                      "metrics": {k: v for k, v in r.data.metrics.items() if k.startswith("final/")},
-                     # finished without learning (saeexp.report.score.learning_verdict): drawn hollow, off frontiers
-                     "failed": t.get("saeexp.learning", "").startswith("failed")})
+                     # finished without learning, or degenerate (saeexp.report.verdict): hollow, off frontiers
+                     "failed": t.get("saeexp.learning", "").startswith("failed"),
+                     "suspect": t.get("saeexp.learning", "").startswith("suspect")})
     names = S.labels(info)
     for run in runs:
         run["label"] = names[run["series"]]
     return runs, counts
+
+
+def reconcile_local(client, experiment_id: str) -> list[tuple[str, str]]:
+    """Mark FAILED every open run outside SLURM whose process is gone (kill -9, the out-of-memory killer): its
+    run directory holds no lock any more, or one naming a process on this host that no longer runs. A holder
+    on another host cannot be checked here and is left open (saeexp.train.lock)."""
+    mine, marked = lock.me(), []
+    for r in client.search_runs([experiment_id], max_results=10000):
+        run_dir = r.data.tags.get(RUN_DIR_TAG)
+        if r.info.status not in OPEN or r.data.tags.get("slurm_job_id") or not run_dir or not Path(run_dir).is_dir():
+            continue
+        try:
+            holder = json.loads((Path(run_dir) / lock.LOCK_NAME).read_text())
+        except FileNotFoundError:  # a live run holds its lock from before its MLflow run opens to its end
+            holder = None
+        except (OSError, ValueError):
+            continue
+        if holder is not None and lock.holder_alive(holder, mine):
+            continue
+        who = f"process {lock.describe(holder)}" if holder else "its process"
+        reason = (f"killed from outside: {who} is gone while the run was {r.info.status}; marked by saeexp-pareto "
+                  "(the same command resumes from the last checkpoint)")
+        client.set_tag(r.info.run_id, "failure_reason", reason)
+        client.set_terminated(r.info.run_id, "FAILED")
+        marked.append((r.info.run_id, reason))
+    return marked
 
 
 def _current(runs: list) -> list:
@@ -86,19 +114,24 @@ def report(experiment: str, tracking_uri: str, out_dir: Path, do_reconcile: bool
     """Everything `saeexp-pareto` does, returned as a dict (for tests and scripts)."""
     from mlflow.tracking import MlflowClient  # noqa: PLC0415 - mlflow is heavy (seconds to import): only code that talks to a store imports it
 
+    db = sqlite_file(tracking_uri)
+    if db is not None and not db.is_file():  # MLflow would create an empty store there to find nothing in it
+        raise ConfigError(f"experiment {experiment!r}: no MLflow store at {str(db)!r} (expected the runs root of a "
+                          "sweep that ran: SAEEXP_RUNS, or MLFLOW_TRACKING_URI)")
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise ConfigError(f"experiment {experiment!r}: no such MLflow experiment at {redact_text(tracking_uri)} "
                           "(expected the name= of a sweep that ran)")
-    marked = reconcile(client, exp.experiment_id) if do_reconcile else []
+    marked = reconcile(client, exp.experiment_id) + reconcile_local(client, exp.experiment_id) if do_reconcile else []
     runs, counts = read_runs(client, exp.experiment_id)
     points = aggregate(runs)
     by_series = mark_frontiers(points)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {"experiment": experiment, "status_counts": counts, "marked_failed": marked, "points": [
         {"series": p.series, "label": p.label, "control": p.control, "value": p.value, "seeds": p.n,
-         "mean": p.mean, "sd": p.sd, "frontier": p.frontier, "run_ids": p.run_ids} for p in points],
+         "mean": p.mean, "sd": p.sd, "frontier": p.frontier, "run_ids": p.run_ids,
+         "failed": p.failed, "suspect": p.suspect} for p in points],
         "table": table(points), "matched": matched_table(points)}
     if points:
         title = f"Pareto frontiers: {experiment} ({len(runs)} runs, {len(by_series)} series)"

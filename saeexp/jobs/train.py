@@ -15,7 +15,8 @@ from saeexp.errors import ConfigError, TrainingDiverged
 from saeexp.io import save_sae
 from saeexp.jobs.features import dashboard
 from saeexp.plan import Init, RunPlan
-from saeexp.report.score import learning_verdict, score, summary, write_report
+from saeexp.report import verdict as verdicts
+from saeexp.report.score import score, summary, write_report
 from saeexp.resample.callback import Resampling
 from saeexp.tracking.logger import log_config, open_run
 from saeexp.tracking.store import mark_orphaned
@@ -24,6 +25,8 @@ from saeexp.train.callbacks import RunCheckpoint, TokensProgressBar, verify_chec
 from saeexp.train.datamodule import ActivationDataModule
 from saeexp.train.lock import RunLock
 from saeexp.train.module import SAEModule
+from saeexp.train.preemption import time_limit_requeue
+from saeexp.train.stop import StopOnSignal, Stopped
 from saeexp.util import ranks
 from saeexp.util.redact import redact_text
 
@@ -118,9 +121,20 @@ def _train(plan: RunPlan, run_dir: Path) -> dict:
     if old_run_id and old_run_id != logger.run_id:  # its MLflow run is superseded
         mark_orphaned(logger.experiment, old_run_id, f"overwritten by run {logger.run_id}")
     try:
-        _, stopped = _fit(plan, ready, run_dir, logger)
-        if stopped:
-            return stopped
+        trainer, saver, stop = _fit(plan, ready, run_dir, logger)
+        stopped = stop.stopped()
+        if stopped is not None:  # SIGTERM/SIGINT: checkpointed at the step's end; the CLI says so and exits
+            if time_limit_requeue(stopped, logger):  # ... unless SLURM's time limit sent it: requeued, as preempted
+                return {"interrupted": True, "step": stopped.step}
+            logger.mark_killed(stopped.name, str(stopped))
+            raise stopped
+        # interrupted, or stopped early by a callback (preempted: saeexp.train.preemption): the checkpoint is
+        # saved; the requeued job resumes
+        if trainer.interrupted or trainer.global_step < plan.schedule.steps:
+            return {"interrupted": True, "step": trainer.global_step}
+        saver.save(trainer)  # data-parallel: every rank takes part, rank 0 writes
+    except Stopped:
+        raise
     except Exception as e:  # any failure: the MLflow run says why (a SIGKILLed job cannot: saeexp-pareto reconciles)
         reason = str(e) if isinstance(e, (TrainingDiverged, ConfigError)) else f"{type(e).__name__}: {e}"
         logger.mark_failed(redact_text(reason))  # never raises: a store on a full disk must not hide `e`
@@ -128,14 +142,13 @@ def _train(plan: RunPlan, run_dir: Path) -> dict:
     return _finish(plan, ready, logger, run_dir)
 
 
-def _fit(plan: RunPlan, ready: Prepared, run_dir: Path, logger) -> tuple[L.Trainer, dict | None]:
-    """`Trainer.fit`, resuming from the run's checkpoint if there is one; then the final checkpoint.
-
-    Returns the trainer and, when training stopped before the last step, the interrupted result."""
+def _fit(plan: RunPlan, ready: Prepared, run_dir: Path, logger) -> tuple[L.Trainer, RunCheckpoint, StopOnSignal]:
+    """`Trainer.fit`, resuming from the run's checkpoint if there is one; returns the trainer, its checkpoint
+    saver and its signal callback (what the caller decides from: finished, interrupted or stopped)."""
     s, ckpt = plan.schedule, run_dir / "checkpoints" / "last.ckpt"
-    saver = RunCheckpoint(ckpt, s.checkpoint_every, s.log_every)
+    saver, stop = RunCheckpoint(ckpt, s.checkpoint_every, s.log_every), StopOnSignal()
     # the step's own callbacks first: a resample happens before any checkpoint sees the weights
-    callbacks = [*ready.step_callbacks, saver, TokensProgressBar(s.batch_size), *plan.callbacks]
+    callbacks = [*ready.step_callbacks, saver, stop, TokensProgressBar(s.batch_size), *plan.callbacks]
     trainer: L.Trainer = plan.make_trainer(max_steps=s.steps, logger=logger, callbacks=callbacks,
                                            default_root_dir=str(run_dir), enable_checkpointing=False)
     # the module in the precision it trains in before a checkpoint is restored into it: Lightning restores before
@@ -145,12 +158,7 @@ def _fit(plan: RunPlan, ready: Prepared, run_dir: Path, logger) -> tuple[L.Train
     # weights_only: a checkpoint never unpickles code, whatever the torch version's default
     trainer.fit(ready.module, datamodule=ready.datamodule, ckpt_path=str(ckpt) if ckpt.exists() else None,
                 weights_only=True)
-    # interrupted, or stopped early by a callback (preempted: saeexp.train.preemption): the checkpoint is
-    # saved; the requeued job resumes
-    if trainer.interrupted or trainer.global_step < s.steps:
-        return trainer, {"interrupted": True, "step": trainer.global_step}
-    saver.save(trainer)  # data-parallel: every rank takes part, rank 0 writes
-    return trainer, None
+    return trainer, saver, stop
 
 
 def _train_rank(plan: RunPlan, run_dir: Path) -> dict:
@@ -165,8 +173,12 @@ def _train_rank(plan: RunPlan, run_dir: Path) -> dict:
     if ckpt.exists():
         verify_checkpoint(ckpt)
     ready = prepare(plan)
-    trainer, stopped = _fit(plan, ready, run_dir, logger=False)
-    return stopped or {"rank": trainer.global_rank, "step": trainer.global_step}
+    trainer, saver, stop = _fit(plan, ready, run_dir, logger=False)
+    # rank 0 decides alike from the same global state (a signal on any rank stops all: StopOnSignal)
+    if stop.stopped() is not None or trainer.interrupted or trainer.global_step < plan.schedule.steps:
+        return {"interrupted": True, "step": trainer.global_step}
+    saver.save(trainer)  # the final checkpoint is a collective: rank 0 writes it
+    return {"rank": trainer.global_rank, "step": trainer.global_step}
 
 
 def _finish(plan: RunPlan, ready: Prepared, logger, run_dir: Path) -> dict:
@@ -182,7 +194,8 @@ def _finish(plan: RunPlan, ready: Prepared, logger, run_dir: Path) -> dict:
     save_sae(raw, run_dir / "sae", {**plan.model_config, "decoder_norm": raw.decoder_norm},
              {"input_scale": scale, "d_in": sae.d_in, "d_sae": sae.d_sae, "data": plan.data_config,
               "run_dir": str(run_dir)}, variant=plan.variant)
-    verdict = learning_verdict(scalars)
+    scalars["dense_l0"] = verdicts.dense_l0(arrays["density"])
+    verdict = verdicts.judge(scalars, sae.d_in, sae.d_sae)
     if verdict is not None:
         scalars["learning"] = verdict
         logger.experiment.set_tag(logger.run_id, "saeexp.learning", verdict)
@@ -195,8 +208,9 @@ def _finish(plan: RunPlan, ready: Prepared, logger, run_dir: Path) -> dict:
           f"{redact_text(plan.tracking.uri)}\n"
           f"  SAE: {run_dir / 'sae'}  (saeexp.load_sae(path))")
     if verdict is not None:
-        print(f"saeexp: warning: the run finished but did not learn ({verdict}); it is left out of Pareto "
-              "frontiers (lower optimizer.lr or the sparsity coefficient)", file=sys.stderr)
+        c, true_l0 = plan.control, source.describe().get("expected_l0")
+        print(verdicts.warning(verdict, (c.name, c.value, c.keys), sae.d_in, scalars.get("l0"), true_l0),
+              file=sys.stderr)
     return result
 
 

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from saeexp.errors import ConfigError
 from saeexp.lm.model import read_point
+from saeexp.util.files import naming
 
 CACHE_DTYPES = ("float32", "float16", "bfloat16")
 
@@ -27,6 +28,7 @@ class NpyWriter:
         self.dtype, self.n_rows, self.d, self.rows = dtype, n_rows, d, 0
         self.torch_dtype = getattr(torch, dtype)
         descr = np.dtype(np.uint16 if dtype == "bfloat16" else dtype).str
+        self.path = path
         self.f = open(path, "wb")
         np.lib.format.write_array_header_1_0(self.f, {"descr": descr, "fortran_order": False, "shape": (n_rows, d)})
 
@@ -34,14 +36,16 @@ class NpyWriter:
         x = x_ND.detach().to(self.torch_dtype).contiguous()
         if self.dtype == "bfloat16":
             x = x.view(torch.int16)
-        self.f.write(x.numpy().tobytes())
+        with naming(self.path):
+            self.f.write(x.numpy().tobytes())
         self.rows += x.shape[0]
 
     def close(self, fsync: bool = False) -> None:
-        if fsync:  # the data on disk before anything that lists the file (a manifest) is written
-            self.f.flush()
-            os.fsync(self.f.fileno())
-        self.f.close()
+        with naming(self.path):
+            if fsync:  # the data on disk before anything that lists the file (a manifest) is written
+                self.f.flush()
+                os.fsync(self.f.fileno())
+            self.f.close()
         if self.rows != self.n_rows:
             raise RuntimeError(f"wrote {self.rows} rows, expected {self.n_rows}")
 

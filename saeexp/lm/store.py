@@ -34,6 +34,7 @@ from saeexp.errors import ConfigError
 from saeexp.lm.cache import exclusive_lock, key_digest, sampled_checksum
 from saeexp.lm.harvest import NpyWriter
 from saeexp.lm.windows import Position, WindowStream
+from saeexp.util.files import naming
 
 MANIFEST = "manifest.json"
 SHARD_BYTES = 1 << 30
@@ -57,7 +58,7 @@ def _write_manifest(folder: Path, manifest: dict) -> None:
     """Replace the manifest in one rename (after its bytes are on disk)."""
     tmp = folder / f"{MANIFEST}.tmp{os.getpid()}"
     manifest["updated"] = time.time()  # when the entry last changed (it only grows)
-    with open(tmp, "w") as f:
+    with naming(tmp), open(tmp, "w") as f:
         f.write(json.dumps(manifest, indent=1))
         f.flush()
         os.fsync(f.fileno())
@@ -168,7 +169,8 @@ class ActivationStore:
             held = stream.take(self.n_heldout)
             if len(held) < self.n_heldout:
                 raise ConfigError(self.too_short(len(held), self.n_heldout, False))
-            np.save(tmp / "heldout_windows.npy", held)
+            with naming(tmp / "heldout_windows.npy"):
+                np.save(tmp / "heldout_windows.npy", held)
             writer = NpyWriter(tmp / "heldout.npy", len(held) * self.per, self.d_in, self.dtype)
             self.harvest(held, writer, "harvest heldout")
             writer.close(fsync=True)
@@ -209,7 +211,8 @@ class ActivationStore:
                     raise ConfigError(self.too_short(have, need_windows, True))
                 i = len(manifest["shards"])
                 name = f"train-{i:05d}"
-                np.save(tmp / f"{name}.windows.npy", windows)
+                with naming(tmp / f"{name}.windows.npy"):
+                    np.save(tmp / f"{name}.windows.npy", windows)
                 writer = NpyWriter(tmp / f"{name}.npy", len(windows) * self.per, self.d_in, self.dtype)
                 speed = self.harvest(windows, writer, f"harvest shard {i} ({have + len(windows):,} of "
                                                       f"{need_windows:,} windows)")

@@ -22,6 +22,12 @@ class Point:
     run_ids: list = field(default_factory=list)
     frontier: dict = field(default_factory=dict)  # y metric -> on that series' frontier
     failed: bool = False  # a seed finished without learning (tag saeexp.learning=failed:...): never on a frontier
+    suspect: bool = False  # a seed's SAE looks degenerate (saeexp.learning=suspect:..., report/verdict.py): neither
+
+    @property
+    def apart(self) -> bool:
+        """Drawn apart (hollow) and kept off every frontier: a seed failed or looks degenerate."""
+        return self.failed or self.suspect
 
 
 def _mean_sd(xs: list[float]) -> tuple[float, float]:
@@ -40,7 +46,7 @@ def aggregate(runs: list[dict]) -> list[Point]:
     order = sorted(cells.items(), key=lambda kv: (kv[1][0]["label"], kv[0][1], _num(kv[0][2]), kv[0][2]))
     for (series, control, value), rs in order:
         p = Point(series, rs[0]["label"], control, value, n=len(rs), run_ids=[r["run_id"] for r in rs],
-                  failed=any(r.get("failed") for r in rs))
+                  failed=any(r.get("failed") for r in rs), suspect=any(r.get("suspect") for r in rs))
         for name in {k for r in rs for k in r["metrics"]}:
             xs = [r["metrics"][name] for r in rs if name in r["metrics"] and r["metrics"][name] == r["metrics"][name]]
             if len(xs) == len(rs):  # a metric only when every seed has it
@@ -74,7 +80,7 @@ def mark_frontiers(points: list[Point]) -> dict[str, list[Point]]:
         by_series.setdefault(p.label, []).append(p)
     for ps in by_series.values():
         for y, higher in ((FVU, False), (CE, True)):
-            have = [p for p in ps if L0 in p.mean and y in p.mean and not p.failed]
+            have = [p for p in ps if L0 in p.mean and y in p.mean and not p.apart]
             for p, on in zip(have, pareto_mask([p.mean[L0] for p in have], [p.mean[y] for p in have], higher)):
                 p.frontier[y] = on
     return by_series
@@ -100,10 +106,14 @@ def table(points: list[Point]) -> str:
     rows = []
     for p in points:
         marks = ("F" if p.frontier.get(FVU) else "") + ("C" if p.frontier.get(CE) else "")
+        marks = "failed" if p.failed else "suspect" if p.suspect else marks
         rows.append([p.label, p.control, p.value, str(p.n), _fmt(p, L0, 2), _fmt(p, FVU, 4)]
                     + ([_fmt(p, CE, 4)] if has_ce else []) + [marks or "."])
     legend = "frontier: F = on the series' L0-FVU frontier"
     legend += ", C = on its L0-CE-recovered frontier" if has_ce else ""
+    if any(p.apart for p in points):
+        legend += ("; failed / suspect: a seed did not learn / looks degenerate (tag saeexp.learning), "
+                   "kept off frontiers")
     return "\n".join(_grid(head, rows) + [legend])
 
 

@@ -41,7 +41,7 @@ def png(by_series: dict[str, list[Point]], path: Path, title: str) -> Path:
             c, mk = COLORS[i % len(COLORS)], MARKERS[(i // len(COLORS)) % len(MARKERS)]
             ax.errorbar([p.mean[L0] for p in ps], [p.mean[y] for p in ps], xerr=[p.sd[L0] for p in ps],
                         yerr=[p.sd[y] for p in ps], fmt=mk, color=c, alpha=0.45, ms=4, capsize=2)
-            bad = [p for p in ps if p.failed]  # did not learn: hollow, never on the frontier line
+            bad = [p for p in ps if p.apart]  # did not learn, or degenerate: hollow, never on the frontier line
             if bad:
                 ax.plot([p.mean[L0] for p in bad], [p.mean[y] for p in bad], mk, mfc="white", mec=c, ms=7)
             front = [p for p in ps if p.frontier.get(y)]
@@ -100,10 +100,11 @@ def _svg_panel(by_series, y, label, w=560, h=400, pad=60) -> str:
                          f'x2="{X(p.mean[L0] + p.sd[L0]):.1f}" stroke="{c}"/>')
             tip = (f"{series} {p.control}={p.value} seeds={p.n}\nL0={p.mean[L0]:.3g}±{p.sd[L0]:.2g} "
                    f"{y}={p.mean[y]:.4g}±{p.sd[y]:.2g}" + (" (frontier)" if p.frontier.get(y) else ""))
-            tip += " (did not learn)" if p.failed else ""
-            fill = 'fill="white" stroke-width="2" stroke="' + c + '"' if p.failed else f'fill="{c}"'  # hollow
-            g.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{6 if p.frontier.get(y) else 4}" {fill} '
-                     f'fill-opacity="{1 if p.frontier.get(y) or p.failed else 0.4}"><title>{html.escape(tip)}'
+            tip += " (did not learn)" if p.failed else " (suspect: looks degenerate)" if p.suspect else ""
+            fill = 'fill="white" stroke-width="2" stroke="' + c + '"' if p.apart else f'fill="{c}"'  # hollow
+            g.append(f'<circle class="{"apart" if p.apart else "pt"}" cx="{cx:.1f}" cy="{cy:.1f}" '
+                     f'r="{6 if p.frontier.get(y) else 4}" {fill} '
+                     f'fill-opacity="{1 if p.frontier.get(y) or p.apart else 0.4}"><title>{html.escape(tip)}'
                      '</title></circle>')
         out += g + ["</g>"]
     return "\n".join(out + ["</svg>"])

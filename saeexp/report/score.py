@@ -24,7 +24,9 @@ def score(sae, source, input_scale: float, batch_size: int = 4096, model_eval: b
     ev = M.evaluate(sae, x_eval, batch_size)
     density = ev.pop("density")
     dec_best = M.decoder_mmcs(sae.W_dec.detach())
-    scalars = {**ev, "dec_mmcs": dec_best.mean().item(), "eval_tokens": x_eval.shape[0], "d_sae": sae.d_sae}
+    # with one feature there is no other decoder row to compare with: undefined (NaN, saved as null)
+    mmcs = dec_best.mean().item() if sae.d_sae > 1 else float("nan")
+    scalars = {**ev, "dec_mmcs": mmcs, "eval_tokens": x_eval.shape[0], "d_sae": sae.d_sae}
     truth = source.truth()
     if truth is not None:
         scalars.update(M.ground_truth_recovery(truth, sae.W_dec.detach()))
@@ -87,17 +89,3 @@ def summary(scalars: dict) -> str:
             v = scalars[k]
             parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
     return "  ".join(parts)
-
-
-def learning_verdict(scalars: dict) -> str | None:
-    """`failed:<reason>` for a run that finished without learning, else None (the run stays FINISHED).
-
-    FVU >= 1 on held-out data: the SAE reconstructs no better than the mean would (a loss that blew up while
-    staying finite ends here too, e.g. optimizer.lr=1e6).
-    """
-    fvu = scalars.get("fvu")
-    if fvu is None or fvu != fvu:
-        return "failed:fvu_undefined"
-    if fvu >= 1.0:
-        return f"failed:fvu={fvu:.3g}>=1"
-    return None

@@ -15,6 +15,8 @@ from saeexp.util.files import atomic_write_text
 from saeexp.util.redact import redact_text
 from saeexp.util.slurm import slurm_job_id
 
+STOPPED_TAG = "saeexp.stopped_by"  # the signal that stopped the run's last attempt
+STALE_ON_RESUME = ("failure_reason", STOPPED_TAG)
 MAX_PENDING = 10_000  # metric batches kept through an outage (oldest dropped first): bounded memory
 
 
@@ -74,6 +76,24 @@ class BufferedMLFlowLogger(MLFlowLogger):
             return
         self.finalize("failed")
 
+    def mark_killed(self, signal_name: str, reason: str) -> None:
+        """Mark the run KILLED (stopped by `signal_name`, resumable) with the reason; never raises either."""
+        try:
+            self.flush_pending()
+            self.experiment.set_tag(self.run_id, STOPPED_TAG, signal_name)
+            self.experiment.set_tag(self.run_id, "failure_reason", reason)
+            self.experiment.set_terminated(self.run_id, "KILLED")
+        except Exception as e:  # noqa: BLE001
+            self._warn("set_terminated(KILLED)", e)
+
+
+def _clear_stale_tags(client, run_id: str) -> None:
+    """A resumed run no longer failed or stopped: the tags of its earlier attempt would describe the wrong state."""
+    tags = client.get_run(run_id).data.tags
+    for tag in STALE_ON_RESUME:
+        if tag in tags:
+            client.delete_tag(run_id, tag)
+
 
 def open_run(tracking: Tracking, run_dir: Path):
     """The logger bound to this run directory's MLflow run: created once, its id kept in `mlflow_run_id`, reused
@@ -84,6 +104,7 @@ def open_run(tracking: Tracking, run_dir: Path):
     logger = tracking.make_logger(run_id=run_id, artifact_location=artifact_location(tracking.uri))
     if run_id is not None:
         logger.experiment.update_run(run_id, status="RUNNING")
+        _clear_stale_tags(logger.experiment, run_id)
         if os.environ.get("SLURM_JOB_ID"):
             logger.experiment.set_tag(run_id, "slurm_job_id", slurm_job_id())
     else:

@@ -19,6 +19,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from saeexp.train.callbacks import RunCheckpoint
+from saeexp.train.stop import Stopped
+from saeexp.util.slurm import at_time_limit
 
 _pending: dict = {}  # the signal received and submitit's handler, for requeue_if_preempted
 
@@ -76,6 +78,19 @@ class PreemptionCheckpoint(Callback):
         if not self.received and "handler" in _pending:
             # training ended before any signal: give submitit its handler back for the rest of the job
             signal.signal(self.signum, _pending.pop("handler"))
+
+
+def time_limit_requeue(stopped: Stopped, logger) -> bool:
+    """Under submitit, SLURM's SIGTERM at the job's time limit (no warning signal came, or it came too late)
+    is a time-out as submitit counts them: note it so that `requeue_if_preempted` requeues the job."""
+    handler = _submitit_handler(preempt_signal())
+    if stopped.signum != signal.SIGTERM or not stopped.saved or handler is None or not at_time_limit():
+        return False
+    _pending.clear()
+    _pending.update(handler=handler, step=stopped.step, saved=True, run_id=getattr(logger, "run_id", None),
+                    client=getattr(logger, "experiment", None))
+    print(f"saeexp: SLURM time limit at step {stopped.step}; checkpoint saved, requeueing", flush=True)
+    return True
 
 
 def requeue_if_preempted() -> None:

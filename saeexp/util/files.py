@@ -37,3 +37,15 @@ def exclusive_lock(path: Path, what: str):
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+@contextlib.contextmanager
+def naming(path: Path):
+    """An OSError raised inside names `path` when it names no file itself: a write() that hits a full disk names
+    none, and the one-line error promises the file's name."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise

@@ -6,11 +6,14 @@ value of any key named as a secret (a word `token`, `password`, `passwd` or `sec
 """
 from __future__ import annotations
 
+import logging
 import re
 
 MASK = "***"
 # scheme://user-info@ : everything between '//' and the last '@' before the host's path, query or end
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<info>[^/?#\s]+)@")
+# (Hydra escapes ':' as '\:' when it logs an override: `http\://user\:pass@host`)
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*\\?://)(?P<info>[^/?#\s]+)@")
+_ASSIGNMENT = re.compile(r"(?P<key>[+~]*[A-Za-z_][\w.]*)=(?P<value>[^\s,'\"\]]+)")
 _SECRET_WORDS = {"token", "password", "passwd", "secret", "secrets"}
 
 
@@ -22,8 +25,10 @@ def is_secret_key(key: str) -> bool:
 
 
 def redact_text(text: str) -> str:
-    """Mask the user-info of every URI in a string."""
-    return _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", str(text))
+    """Mask the user-info of every URI in a string, and the value of a secret-named `key=value` (an override as
+    typed, e.g. `data.hf_token=...`)."""
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", str(text))
+    return _ASSIGNMENT.sub(lambda m: f"{m['key']}={MASK}" if is_secret_key(m["key"]) else m[0], text)
 
 
 def redact(node, key: str = ""):
@@ -35,3 +40,21 @@ def redact(node, key: str = ""):
     if key and is_secret_key(key) and node is not None:
         return MASK
     return redact_text(node) if isinstance(node, str) else node
+
+
+def redact_log_records() -> None:
+    """Every log record of this process masked as `redact_text` does (Hydra's launchers log each job's overrides
+    as typed, a tracking URI's password included); installed once, by the console scripts."""
+    make = logging.getLogRecordFactory()
+    if getattr(make, "redacts", False):
+        return
+
+    def masked(*args, **kwargs) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        text = record.getMessage()
+        if redact_text(text) != text:
+            record.msg, record.args = redact_text(text), None
+        return record
+
+    masked.redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(masked)
