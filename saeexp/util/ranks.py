@@ -35,22 +35,22 @@ def shard_over(n: int) -> None:
     _world = n
 
 
-def all_sum(t: Tensor) -> Tensor:
-    """The sum over ranks of `t` (a new tensor; `t` itself when not sharded)."""
+def _reduced(t: Tensor, op) -> Tensor:
     if _world == 1:
         return t
     t = t.clone()
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    dist.all_reduce(t, op=op)
     return t
+
+
+def all_sum(t: Tensor) -> Tensor:
+    """The sum over ranks of `t` (a new tensor; `t` itself when not sharded)."""
+    return _reduced(t, dist.ReduceOp.SUM)
 
 
 def all_min(t: Tensor) -> Tensor:
     """The elementwise minimum over ranks of `t` (a new tensor; `t` itself when not sharded)."""
-    if _world == 1:
-        return t
-    t = t.clone()
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return t
+    return _reduced(t, dist.ReduceOp.MIN)
 
 
 def any_rank(mask: Tensor) -> Tensor:
