@@ -111,6 +111,26 @@ class ChunkedReader:
             b += 1
 
 
+def fill_batches(select, idx: Tensor, row: int, carry: Tensor | None, batch_size: int):
+    """Yield batches of `batch_size` rows, `select(idx[a:b])` in order from `idx[row:]`, the first completing
+    `carry` (a partial batch, or None); return the partial batch left at the end of `idx`.
+
+    Each batch is a new tensor (`select` copies): the trainer may hold one while fetching the next, and the
+    caller may refill the storage `select` reads once this returns.
+    """
+    while row < len(idx):
+        take = idx[row:row + batch_size - (0 if carry is None else carry.shape[0])]
+        row += take.numel()
+        part = select(take)
+        batch = part if carry is None else torch.cat([carry, part])
+        if batch.shape[0] == batch_size:
+            carry = None
+            yield batch
+        else:
+            carry = batch
+    return carry
+
+
 class EpochReader:
     """Training batches from a [n, d_in] array-like, every row exactly once per pass, passes in a fresh order.
 
@@ -156,17 +176,7 @@ class EpochReader:
                     self.read(lo, hi, buf[at:at + hi - lo])
                     at += hi - lo
                 perm = torch.from_numpy(np.random.default_rng([seed, e, j]).permutation(size))
-                while row < size:
-                    want = batch_size - (0 if carry is None else carry.shape[0])
-                    idx = perm[row:row + want]
-                    row += idx.numel()
-                    # a new tensor per batch: the trainer may hold one batch while fetching the next
-                    part = torch.index_select(buf[:size], 0, idx)
-                    batch = part if carry is None else torch.cat([carry, part])
-                    if batch.shape[0] == batch_size:
-                        carry = None
-                        yield batch
-                    else:
-                        carry = batch
+                carry = yield from fill_batches(lambda idx: torch.index_select(buf[:size], 0, idx), perm, row,
+                                                carry, batch_size)
                 row = 0
             e += 1

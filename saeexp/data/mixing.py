@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from saeexp.data.base import fill_batches
+
 
 class FillSchedule:
     """Which parts of which fills each round serves, and where each row of the stream falls: no data here.
@@ -183,21 +185,10 @@ class MixingBuffer:
             self._ensure(sched.fills_of(r))
             if sched.n_fills is None or r + sched.L < sched.n_fills:
                 self._prefetch(r + sched.L)  # into the slot of fill r - 1, served out in round r - 1
-            idx = self._round_index(seed, r)
-            size = len(idx)
-            while row < size:
-                want = batch_size - (0 if carry is None else carry.shape[0])
-                take = idx[row:row + want]
-                row += take.numel()
-                # a new tensor per batch (the trainer may hold one while fetching the next); a batch begun in
-                # this round and ended in the next is a copy too, so this round's oldest slot can be refilled
-                part = self._storage().index_select(0, take)
-                batch = part if carry is None else torch.cat([carry, part])
-                if batch.shape[0] == batch_size:
-                    carry = None
-                    yield batch
-                else:
-                    carry = batch
+            # a batch begun in this round and ended in the next is a copy, so this round's oldest slot can be
+            # refilled
+            carry = yield from fill_batches(lambda take: self._storage().index_select(0, take),
+                                            self._round_index(seed, r), row, carry, batch_size)
             r, row = r + 1, 0
         if carry is not None:
             yield carry
