@@ -84,6 +84,7 @@ class RunPlan:
     model_config: dict = field(default_factory=dict)  # the resolved model node: saved with the SAE
     variant: str | None = None    # the model config's key (`relu`, or one of a user's --config-dir): saved too
     dashboard: bool = False       # write features.html at the end (when the source can)
+    trainer_config: dict = field(default_factory=dict)  # the resolved trainer node: what a pack groups on too
 
 
 @dataclass

@@ -256,6 +256,6 @@ def plan_run(cfg: DictConfig, source=None) -> RunPlan:
         data_config=plain(cfg.data), sae=sae, penalties=penalties,
         resampler=resampler, optimizer=make(cfg.optimizer), make_trainer=make(cfg.trainer, _partial_=True),
         callbacks=[make(c) for c in (cfg.get("callbacks") or {}).values() if c],
-        model_config=plain(cfg.model), variant=_choices().get("model"),
+        model_config=plain(cfg.model), variant=_choices().get("model"), trainer_config=plain(cfg.trainer),
         dashboard=bool(feats.get("enabled", False)) and (not multirun() or bool(feats.get("in_sweeps", False))))
 

@@ -41,12 +41,13 @@ class Prepared:
     step_callbacks: list
 
 
-def init_from_sample(spec: Init, seed: int, source, sae) -> float:
+def init_from_sample(spec: Init, seed: int, source, sae, sample=None) -> float:
     """The input scale and b_dec from a training sample, then the encoder-scale fit; returns the scale.
 
-    Deterministic, so a resume recomputes the same.
+    Deterministic, so a resume recomputes the same. `sample`: the source's sample already drawn (a pack's
+    members share it).
     """
-    sample = source.sample(spec.sample_tokens, seed=seed)
+    sample = source.sample(spec.sample_tokens, seed=seed) if sample is None else sample
     scale = init.input_scale(sample) if spec.scale_inputs else 1.0
     with torch.no_grad():
         sample = sample * scale  # the space the SAE trains in: both inits below see it

@@ -73,20 +73,24 @@ class SAEModule(L.LightningModule):
             self._log_step(x_BD, out, terms, loss)
         return {"loss": loss, "x_BD": x_BD}  # callbacks (resampling) see the step's scaled inputs
 
-    def _log_step(self, x_BD, out, terms, loss) -> None:
+    def step_logs(self, x_BD, out, terms, loss, lr: float, step: int) -> dict[str, Tensor]:
+        """A log step's metrics, as tensors on the step's device (what a packed sweep logs per SAE too)."""
         logs = {f"loss/{k}": v.detach() for k, v in terms.items()}
         logs["loss/total"] = loss.detach()
         logs.update({f"train/{k}": v for k, v in batch_metrics(x_BD, out.x_hat_BD.detach(), out.acts_BF).items()})
         logs["train/dead_frac"] = self.sae.dead_mask(self.dead_window_tokens).float().mean()
-        opt = self.optimizers()
-        opt = opt[0] if isinstance(opt, list) else opt
-        logs["train/lr"] = torch.tensor(opt.param_groups[0]["lr"])
+        logs["train/lr"] = torch.tensor(lr)
         if self.target_l0 is not None:
             logs["train/sparsity_scale"] = self.target_l0.scale()
-        step = self.global_step
         if (step // self.log_every) % DEC_MMCS_EVERY_LOGS == 0 or step == self.total_steps - 1:
             # decoder geometry: d_sae^2 * d_in FLOPs (about one step's at width 16384), so every 10th log only
             logs["train/dec_mmcs"] = decoder_mmcs(self.sae.W_dec.detach()).mean()
+        return logs
+
+    def _log_step(self, x_BD, out, terms, loss) -> None:
+        opt = self.optimizers()
+        opt = opt[0] if isinstance(opt, list) else opt
+        logs = self.step_logs(x_BD, out, terms, loss, opt.param_groups[0]["lr"], self.global_step)
         # straight to the loggers, once per log step: Lightning's self.log would re-send the last value of
         # every step metric at every later step. One host sync here (the stack), none on other steps.
         # Data-parallel: the mean over ranks, so the logs describe the global batch (exactly for the per-token
@@ -95,7 +99,7 @@ class SAEModule(L.LightningModule):
         stacked = ranks.mean_ranks(torch.stack([logs[k].detach().float().reshape(()).to(x_BD.device) for k in keys]))
         values = dict(zip(keys, stacked.tolist()))
         for lg in self.loggers:
-            lg.log_metrics(values, step=step)
+            lg.log_metrics(values, step=self.global_step)
         # the progress bar only (logger=False): L0 and FVU as of the last log step
         self.log_dict({"L0": values["train/l0"], "FVU": values["train/fvu"]}, prog_bar=True, logger=False,
                       on_step=True, on_epoch=False, batch_size=x_BD.shape[0])
