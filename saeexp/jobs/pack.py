@@ -24,7 +24,7 @@ from saeexp.tracking.logger import log_config, open_run
 from saeexp.tracking.store import mark_orphaned
 from saeexp.train import pack
 from saeexp.train.callbacks import verify_checkpoint
-from saeexp.train.lock import RunLock
+from saeexp.train.lock import RunLock, RunLocked
 from saeexp.train.preemption import _submitit_handler, preempt_signal
 from saeexp.train.stop import Stopped
 from saeexp.util.redact import redact_text
@@ -96,18 +96,19 @@ def train_pack(plans: list[RunPlan]) -> list[dict | BaseException]:
     keys = {stream_key(p) for p in plans}
     if len(keys) != 1:
         raise ValueError("train_pack: the plans do not share one stream (saeexp.jobs.pack.group splits them)")
-    for p in plans:
-        if p.run_dir is None:
-            raise ConfigError("paths.run_dir is not set: expected each run's directory (set by the `saeexp` command)")
+    dirs = [_run_dir(p) for p in plans]
     pack.check_trainer(plans[0].trainer_config)
     results: list[dict | BaseException | None] = [None] * len(plans)
     with contextlib.ExitStack() as locks:
-        for p in plans:
-            locks.enter_context(RunLock(p.run_dir))
         todo = []
         for i, p in enumerate(plans):
-            old = _discard_finished(p.run_dir) if p.overwrite else None
-            done = p.run_dir / "metrics.json"
+            try:  # a run another process holds is that run's error; the others train
+                locks.enter_context(RunLock(dirs[i]))
+            except RunLocked as e:
+                results[i] = e
+                continue
+            old = _discard_finished(dirs[i]) if p.overwrite else None
+            done = dirs[i] / "metrics.json"
             if not p.overwrite and done.exists():
                 results[i] = json.loads(done.read_text())
                 print(f"saeexp: run already finished in {p.run_dir} (overwrite=true to train again)")
@@ -116,6 +117,12 @@ def train_pack(plans: list[RunPlan]) -> list[dict | BaseException]:
         if todo:
             _train_members(plans, todo, results)
     return [r if r is not None else RuntimeError("not trained") for r in results]
+
+
+def _run_dir(plan: RunPlan) -> Path:
+    if plan.run_dir is None:
+        raise ConfigError("paths.run_dir is not set: expected each run's directory (set by the `saeexp` command)")
+    return plan.run_dir
 
 
 def _train_members(plans: list[RunPlan], todo: list[tuple[int, str | None]], results: list) -> None:
@@ -133,14 +140,15 @@ def _train_members(plans: list[RunPlan], todo: list[tuple[int, str | None]], res
         scale = init_from_sample(p.init, p.seed, source, p.sae, spec_sample)
         module = make_module(p, scale)
         s = p.schedule
-        ckpt = p.run_dir / "checkpoints" / "last.ckpt"
+        run_dir = _run_dir(p)
+        ckpt = run_dir / "checkpoints" / "last.ckpt"
         if ckpt.exists():
             verify_checkpoint(ckpt)
-        logger = open_run(p.tracking, p.run_dir)
-        log_config(logger, p.tracking, p.run_dir)
+        logger = open_run(p.tracking, run_dir)
+        log_config(logger, p.tracking, run_dir)
         if old_run_id and old_run_id != logger.run_id:
             mark_orphaned(logger.experiment, old_run_id, f"overwritten by run {logger.run_id}")
-        members[i] = pack.Member(str(p.run_dir), module, ckpt, logger, s.log_every, s.checkpoint_every,
+        members[i] = pack.Member(str(run_dir), module, ckpt, logger, s.log_every, s.checkpoint_every,
                                  resampler=p.resampler)
         prepared[i], loggers[i] = Prepared(scale, module, None, []), logger
     pack.place(list(members.values()), first.trainer_config)
@@ -165,7 +173,7 @@ def _train_members(plans: list[RunPlan], todo: list[tuple[int, str | None]], res
             results[i] = e
             continue
         try:
-            results[i] = _finish(p, prepared[i], loggers[i], p.run_dir)
+            results[i] = _finish(p, prepared[i], loggers[i], _run_dir(p))
         except Exception as e:  # noqa: BLE001 - one run's scoring failing must not lose the others' results
             loggers[i].mark_failed(redact_text(f"{type(e).__name__}: {e}"))
             results[i] = e

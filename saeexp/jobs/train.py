@@ -25,6 +25,7 @@ from saeexp.train.callbacks import RunCheckpoint, TokensProgressBar, verify_chec
 from saeexp.train.datamodule import ActivationDataModule
 from saeexp.train.lock import RunLock
 from saeexp.train.module import SAEModule
+from saeexp.train.pack import is_member_checkpoint
 from saeexp.train.preemption import time_limit_requeue
 from saeexp.train.stop import StopOnSignal, Stopped
 from saeexp.util import ranks
@@ -37,7 +38,7 @@ class Prepared:
 
     input_scale: float
     module: SAEModule
-    datamodule: ActivationDataModule
+    datamodule: ActivationDataModule | None  # None in a pack: its members share one stream (saeexp.train.pack)
     step_callbacks: list
 
 
@@ -114,9 +115,12 @@ def _train(plan: RunPlan, run_dir: Path) -> dict:
         print(f"saeexp: run already finished in {run_dir} (overwrite=true to train again)\n  {summary(result)}")
         return result
 
-    ready = prepare(plan)
     if ckpt.exists():
         verify_checkpoint(ckpt)
+        if is_member_checkpoint(ckpt):  # the `saeexp` command resumes it as a pack of one (saeexp.cli.train)
+            raise ConfigError(f"{str(ckpt)!r} was written by a packed sweep: resume it with saeexp.jobs.pack."
+                              "train_pack([plan]) (what the `saeexp` command does)")
+    ready = prepare(plan)
     logger = open_run(plan.tracking, run_dir)
     log_config(logger, plan.tracking, run_dir)
     if old_run_id and old_run_id != logger.run_id:  # its MLflow run is superseded

@@ -36,6 +36,14 @@ PRECISIONS = {"32-true": torch.float32, "32": torch.float32, "64-true": torch.fl
               "bf16-mixed": torch.float32}
 
 
+def is_member_checkpoint(path: Path) -> bool:
+    """Whether `path` is a pack member's checkpoint (not a single run's Lightning checkpoint)."""
+    if not Path(path).exists():
+        return False
+    ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return isinstance(ck, dict) and ck.get("format") == FORMAT
+
+
 def device_of(trainer_config: dict) -> torch.device:
     """The one device a pack trains on, from the trainer's accelerator."""
     acc = str(trainer_config.get("accelerator", "cpu"))

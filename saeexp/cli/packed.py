@@ -1,0 +1,94 @@
+"""`saeexp -m ... hydra/launcher=packed`: a sweep's jobs trained in packs, each pack one process and one stream.
+
+Every job is composed and planned as Hydra's basic launcher would run it (its run directory, `.hydra/`, the
+guard's checks), then the plans that can share a stream are grouped (saeexp.jobs.pack.group: same data, seed,
+batch size, length and trainer), a group over the memory budget or the `pack` size is split, the split is
+printed, and each pack trains (saeexp.jobs.pack.train_pack). Each job's return is its own run's result or
+error, so a failed run fails its job and the sweep reports it, as with one process per job.
+
+Hydra only instantiates launchers defined under the `hydra_plugins` package: the class Hydra sees is
+`hydra_plugins.saeexp_launchers.packed.PackedLauncher`, a subclass of this one.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from omegaconf import DictConfig, open_dict
+
+from saeexp.build.plan import plan_run
+from saeexp.cli.common import USER_ERRORS
+from saeexp.jobs.pack import budget_bytes, group, member_bytes, memory_split, train_pack
+from saeexp.train.stop import Stopped
+
+log = logging.getLogger(__name__)
+
+
+def plan_packs(plans: list, size: int, memory_gb: float | None) -> list[list[int]]:
+    """The packs (indices into `plans`): grouped by stream, then split by the memory budget and `size`
+    (0: no limit). Prints each split it makes."""
+    out: list[list[int]] = []
+    for g in group(plans):
+        budget = budget_bytes(plans[g[0]].trainer_config, memory_gb)
+        parts = memory_split(g, plans, budget)
+        if len(parts) > 1:
+            need = sum(member_bytes(plans[i]) for i in g) / 2 ** 30
+            print(f"saeexp: a pack of {len(g)} SAEs needs about {need:.2f} GB, over the budget of "
+                  f"{budget / 2 ** 30:.2f} GB (hydra.launcher.memory_gb): split into packs of "
+                  f"{', '.join(str(len(p)) for p in parts)}", flush=True)
+        for part in parts:
+            out.extend(part[i:i + size] for i in range(0, len(part), size)) if size > 0 else out.append(part)
+    return out
+
+
+def _plan(cfg: DictConfig):
+    return plan_run(cfg)
+
+
+class PackedLauncher(Launcher):
+    def __init__(self, pack: int = 0, memory_gb: float | None = None) -> None:
+        self.pack, self.memory_gb = int(pack or 0), memory_gb
+        self.config: DictConfig | None = None
+        self.hydra_context = None
+        self.task_function = None
+
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        returns: list[JobReturn] = []
+        for n, overrides in enumerate(job_overrides):  # each job planned as the basic launcher would run it
+            idx = initial_job_idx + n
+            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(cfg):
+                cfg.hydra.job.id = cfg.hydra.job.num = idx
+            returns.append(run_job(hydra_context=self.hydra_context, task_function=_plan, config=cfg,
+                                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        planned = [n for n, r in enumerate(returns) if r.status == JobStatus.COMPLETED]
+        plans = [returns[n].return_value for n in planned]
+        packs = plan_packs(plans, self.pack, self.memory_gb)
+        print(f"saeexp: {len(plans)} runs in {len(packs)} pack(s) of {', '.join(str(len(p)) for p in packs)}",
+              flush=True)
+        for members in packs:
+            try:
+                results = train_pack([plans[i] for i in members])
+            except Stopped as e:  # a signal: every member checkpointed; the sweep stops, as a single run's does
+                print(f"saeexp: {e}", file=sys.stderr, flush=True)
+                sys.exit(e.exit_code)
+            except USER_ERRORS as e:  # the pack could not start (its trainer): each of its jobs failed so
+                results = [e] * len(members)
+            for i, result in zip(members, results):
+                ret = returns[planned[i]]
+                ret.status = JobStatus.FAILED if isinstance(result, BaseException) else JobStatus.COMPLETED
+                ret.return_value = result
+        return returns
