@@ -99,6 +99,22 @@ def test_2x2_sweep_is_one_array_job_and_every_run_is_in_mlflow(env, tmp_path, ti
     _wait_for(lambda: set(sacct(env, *jobs).values()) == {"COMPLETED"}, 60, f"sacct COMPLETED for {jobs}")
 
 
+def test_a_packed_sweep_is_one_array_task_per_group_and_every_run_is_its_own(env, tmp_path):
+    # 6 points, pack=2: 3 array tasks; each task trains its 2 points as one pack (same stream)
+    out = sweep(env, tmp_path, "name=packed", *TINY, "model.d_sae=64,128", "loss.l1=1e-3,3e-3,1e-2",
+                "train.tokens=8192", "hydra.launcher.pack=2", "seed=0")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "6 runs in 3 SLURM array task(s) of up to 2" in out.stdout, out.stdout[-3000:]
+    client, runs = runs_of(env, "packed")
+    assert len(runs) == 6 and {r.info.status for r in runs} == {"FINISHED"}
+    jobs = {r.data.tags["slurm_job_id"] for r in runs}
+    assert len(jobs) == 3 and len({j.split("_")[0] for j in jobs}) == 1  # 3 tasks of one array
+    for r in runs:  # each run has its own directory, metrics and saved SAE
+        d = Path(r.data.tags["saeexp.run_dir"])
+        assert (d / "metrics.json").exists() and (d / "sae").is_dir() and d.parent.name == "packed"
+    assert len({r.data.tags["saeexp.run_dir"] for r in runs}) == 6
+
+
 def run_dirs_in(sweep_dir: Path) -> list[Path]:
     return [p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")] if sweep_dir.exists() else []
 
@@ -113,27 +129,40 @@ def _wait_for(predicate, timeout, what, proc=None):
         time.sleep(0.5)
 
 
-def test_usr2_preemption_requeues_and_resumes_in_the_same_run(env, tmp_path):
+def test_usr2_preemption_requeues_and_resumes_in_the_same_run_alone_and_packed(env, tmp_path):
+    """A single run's array task and a pack's (hydra.launcher.pack=2), preempted side by side (their requeue waits
+    overlap): each checkpoints at a step's end, is requeued and resumes in the same MLflow run(s)."""
     import torch
     from safetensors.torch import load_file
 
     args = ["name=preempt", *TINY, "train.tokens=307200", "train.checkpoint_every=20", "train.log_every=10"]
     proc = sweep(env, tmp_path, *args, wait=False)
+    pk_args = ["name=pkpre", *TINY, "loss.l1=1e-3,3e-3", "train.tokens=307200", "train.checkpoint_every=20",
+               "train.log_every=10", "hydra.launcher.pack=2"]
+    pk = sweep(env, tmp_path, *pk_args, wait=False)
     # meanwhile, an uninterrupted run of the same config and seed on this host, for the final weights
     ref = subprocess.Popen(["saeexp", *args, "name=preempt_ref"], cwd=tmp_path, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, text=True, env={**env, "SAEEXP_RUNS": str(tmp_path / "ref")})
     try:
         run_dirs = lambda: run_dirs_in(tmp_path / "runs" / "preempt")  # noqa: E731
+        pk_dirs = lambda: run_dirs_in(tmp_path / "runs" / "pkpre")  # noqa: E731
         _wait_for(lambda: run_dirs() and (run_dirs()[0] / "checkpoints" / "last.ckpt").exists(), 240,
                   "the first checkpoint", proc)
+        _wait_for(lambda: len(pk_dirs()) == 2 and all((d / "checkpoints" / "last.ckpt").exists() for d in pk_dirs()),
+                  240, "the pack's first checkpoints", pk)
         run_dir = run_dirs()[0]
         client, runs = runs_of(env, "preempt")
         job = runs[0].data.tags["slurm_job_id"]
-        subprocess.run(["scancel", "--signal=USR2", job], env=env, check=True, timeout=30)
+        _, pk_runs = runs_of(env, "pkpre")
+        pk_jobs = {r.data.tags["slurm_job_id"] for r in pk_runs}
+        assert len(pk_jobs) == 1  # one array task trains the pack
+        for j in (job, *pk_jobs):
+            subprocess.run(["scancel", "--signal=USR2", j], env=env, check=True, timeout=30)
         out, _ = proc.communicate(timeout=420)
+        pk_out, _ = pk.communicate(timeout=420)
         _, ref_err = ref.communicate(timeout=300)
     finally:
-        for p in (proc, ref):
+        for p in (proc, pk, ref):
             if p.poll() is None:
                 p.kill()
     assert proc.returncode == 0, out[-3000:]
@@ -152,6 +181,18 @@ def test_usr2_preemption_requeues_and_resumes_in_the_same_run(env, tmp_path):
     b = load_file(str(run_dirs_in(tmp_path / "ref" / "preempt_ref")[0] / "sae" / "sae.safetensors"))
     for k in b:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+    # the pack: both SAEs checkpointed at the same step, requeued together, resumed, finished in their own runs
+    assert pk.returncode == 0, pk_out[-3000:]
+    _, pk_runs = runs_of(env, "pkpre")
+    assert len(pk_runs) == 2 and {r.info.status for r in pk_runs} == {"FINISHED"}
+    at = {r.data.tags["saeexp.preempted_at_step"] for r in pk_runs}
+    assert len(at) == 1 and 20 <= int(next(iter(at))) < 300
+    for r in pk_runs:
+        assert r.data.tags["saeexp.preemptions"] == "1" and r.data.tags["saeexp.resumed_at_step"] in at
+        assert r.data.metrics["final/l0"] > 0
+    logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "runs" / "pkpre" / ".submitit").rglob("*_log.*"))
+    assert f"saeexp: pack preempted at step {at.pop()}; 2 checkpoints saved, requeueing" in logs
 
 
 def test_a_failing_job_does_not_stop_the_others_and_a_killed_one_is_reconciled(env, tmp_path):

@@ -16,9 +16,12 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
-from omegaconf import DictConfig, open_dict
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from saeexp.build.plan import plan_run
 from saeexp.cli.common import USER_ERRORS
@@ -49,7 +52,43 @@ def _plan(cfg: DictConfig):
     return plan_run(cfg)
 
 
+def _train_jobs(hydra_context, config: DictConfig, jobs: list[tuple[int, list[str]]], size: int,
+                memory_gb: float | None, job_id=None) -> list[JobReturn]:
+    """Plan each job (index, overrides) as Hydra's launchers run one, then train the plans in packs; each job's
+    return is its own run's result or error."""
+    returns: list[JobReturn] = []
+    for idx, overrides in jobs:
+        log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+        cfg = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+        with open_dict(cfg):
+            cfg.hydra.job.id = job_id if job_id is not None else idx
+            cfg.hydra.job.num = idx
+        returns.append(run_job(hydra_context=hydra_context, task_function=_plan, config=cfg,
+                               job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
+        configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    planned = [n for n, r in enumerate(returns) if r.status == JobStatus.COMPLETED]
+    plans = [returns[n].return_value for n in planned]
+    packs = plan_packs(plans, size, memory_gb)
+    print(f"saeexp: {len(plans)} runs in {len(packs)} pack(s) of {', '.join(str(len(p)) for p in packs)}",
+          flush=True)
+    for members in packs:
+        try:
+            results = train_pack([plans[i] for i in members])
+        except Stopped as e:  # a signal: every member checkpointed; the sweep stops, as a single run's does
+            print(f"saeexp: {e}", file=sys.stderr, flush=True)
+            sys.exit(e.exit_code)
+        except USER_ERRORS as e:  # the pack could not start (its trainer): each of its jobs failed so
+            results = [e] * len(members)
+        for i, result in zip(members, results):
+            ret = returns[planned[i]]
+            ret.status = JobStatus.FAILED if isinstance(result, BaseException) else JobStatus.COMPLETED
+            ret.return_value = result
+    return returns
+
+
 class PackedLauncher(Launcher):
+    """`hydra/launcher=packed`: the whole sweep in this process, in packs."""
+
     def __init__(self, pack: int = 0, memory_gb: float | None = None) -> None:
         self.pack, self.memory_gb = int(pack or 0), memory_gb
         self.config: DictConfig | None = None
@@ -64,31 +103,49 @@ class PackedLauncher(Launcher):
         assert self.config is not None and self.hydra_context is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        returns: list[JobReturn] = []
-        for n, overrides in enumerate(job_overrides):  # each job planned as the basic launcher would run it
-            idx = initial_job_idx + n
-            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            with open_dict(cfg):
-                cfg.hydra.job.id = cfg.hydra.job.num = idx
-            returns.append(run_job(hydra_context=self.hydra_context, task_function=_plan, config=cfg,
-                                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
-            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        planned = [n for n, r in enumerate(returns) if r.status == JobStatus.COMPLETED]
-        plans = [returns[n].return_value for n in planned]
-        packs = plan_packs(plans, self.pack, self.memory_gb)
-        print(f"saeexp: {len(plans)} runs in {len(packs)} pack(s) of {', '.join(str(len(p)) for p in packs)}",
-              flush=True)
-        for members in packs:
-            try:
-                results = train_pack([plans[i] for i in members])
-            except Stopped as e:  # a signal: every member checkpointed; the sweep stops, as a single run's does
-                print(f"saeexp: {e}", file=sys.stderr, flush=True)
-                sys.exit(e.exit_code)
-            except USER_ERRORS as e:  # the pack could not start (its trainer): each of its jobs failed so
-                results = [e] * len(members)
-            for i, result in zip(members, results):
-                ret = returns[planned[i]]
-                ret.status = JobStatus.FAILED if isinstance(result, BaseException) else JobStatus.COMPLETED
-                ret.return_value = result
-        return returns
+        jobs = [(initial_job_idx + n, list(o)) for n, o in enumerate(job_overrides)]
+        return _train_jobs(self.hydra_context, self.config, jobs, self.pack, self.memory_gb)
+
+
+class PackedSlurmLauncher(SlurmLauncher):
+    """`hydra/launcher=slurm hydra.launcher.pack=N`: the sweep's jobs in groups of N consecutive ones, one array
+    task per group (ceil(jobs / N) tasks), each task training its group in packs (`_train_jobs`). pack=1: one
+    job per task, as hydra-submitit-launcher does. A preempted or timed-out task checkpoints every SAE of its
+    packs and submitit requeues it with the same group (`checkpoint` below), which resumes them all."""
+
+    def __init__(self, pack: int = 1, memory_gb: float | None = None, **params) -> None:
+        super().__init__(**params)
+        self.pack, self.memory_gb = int(pack or 1), memory_gb
+
+    def __call__(self, *args):  # type: ignore[override]
+        if self.pack <= 1:
+            return super().__call__(*args)
+        group_jobs, _, _label, singleton_state = args
+        import submitit  # noqa: PLC0415 - only inside a submitit job, as the plugin itself imports it
+
+        Singleton.set_state(singleton_state)
+        setup_globals()
+        assert self.hydra_context is not None and self.config is not None
+        return _train_jobs(self.hydra_context, self.config, [(i, list(o)) for i, o in group_jobs], self.pack,
+                           self.memory_gb, job_id=submitit.JobEnvironment().job_id)
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        if self.pack <= 1:
+            return super().launch(job_overrides, initial_job_idx)
+        import submitit  # noqa: PLC0415 - as the plugin does: plugin discovery stays fast
+
+        assert self.config is not None
+        # the executor as hydra-submitit-launcher builds it (its launch() submits one job per task)
+        p = dict(self.params)
+        executor = submitit.AutoExecutor(cluster="slurm", folder=p.pop("submitit_folder"),
+                                         slurm_max_num_timeout=p.pop("max_num_timeout", 0))
+        base = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in p.items()})
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        jobs = [(initial_job_idx + n, list(o)) for n, o in enumerate(job_overrides)]
+        groups = [jobs[i:i + self.pack] for i in range(0, len(jobs), self.pack)]
+        print(f"saeexp: {len(jobs)} runs in {len(groups)} SLURM array task(s) of up to {self.pack} "
+              "(hydra.launcher.pack)", flush=True)
+        submitted = executor.map_array(self, groups, ["hydra.sweep.dir"] * len(groups),
+                                       [f"group_{g[0][0]}" for g in groups], [Singleton.get_state()] * len(groups))
+        return [ret for job in submitted for ret in job.results()[0]]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from saeexp.train.lock import RunLock, RunLocked
 from saeexp.train.preemption import _submitit_handler, preempt_signal
 from saeexp.train.stop import Stopped
 from saeexp.util.redact import redact_text
+from saeexp.util.slurm import at_time_limit
 
 
 def stream_key(plan: RunPlan) -> str:
@@ -197,15 +199,18 @@ def _fit_pack(plans, idx: list[int], members: dict, data_states: dict, loggers: 
         return
     saved = pack.save_all(group_members, source, step, first.schedule.batch_size)
     stopped = Stopped(signals.signum, step, all(saved.values()))
-    if preempt and signals.signum == preempt[0]:  # submitit's preemption: mark each run and let submitit requeue
+    # submitit's preemption signal, or SLURM's SIGTERM at the time limit: mark each run and let submitit requeue
+    if preempt and (signals.signum == preempt[0] or (signals.signum == signal.SIGTERM and at_time_limit())):
         for i in idx:
             if members[i].failed is None:
                 client, run_id = loggers[i].experiment, loggers[i].run_id
+                n = int(client.get_run(run_id).data.tags.get("saeexp.preemptions", "0")) + 1
+                client.set_tag(run_id, "saeexp.preemptions", str(n))
                 client.set_tag(run_id, "saeexp.preempted_at_step", str(step))
                 client.update_run(run_id, status="SCHEDULED")
         print(f"saeexp: pack preempted at step {step}; {len(saved)} checkpoints saved, requeueing", flush=True)
         assert submitit is not None
-        submitit(signals.signum, None)  # dumps the resubmission, requeues and exits
+        submitit(preempt[0], None)  # dumps the resubmission, requeues and exits
     for i in idx:
         if members[i].failed is None:
             loggers[i].mark_killed(stopped.name, f"{stopped} (packed with {len(idx)} runs)")
