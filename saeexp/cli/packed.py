@@ -117,7 +117,7 @@ class PackedSlurmLauncher(SlurmLauncher):
         super().__init__(**params)
         self.pack, self.memory_gb = int(pack or 1), memory_gb
 
-    def __call__(self, *args):  # type: ignore[override]
+    def __call__(self, *args):
         if self.pack <= 1:
             return super().__call__(*args)
         group_jobs, _, _label, singleton_state = args
