@@ -34,19 +34,30 @@ def _launcher(option: str):
     """The composed hydra.launcher node of `hydra/launcher=<option>` (Hydra instantiates it under -m)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", [f"hydra/launcher={option}"], return_hydra_config=True).hydra.launcher
+        cfg = compose("config", [f"hydra/launcher={option}"], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # its ${hydra.sweep.dir} resolves as under -m
+    return cfg.hydra.launcher
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_and_instantiates(group, option, tmp_path):
     if group == "hydra/launcher":
-        from hydra.utils import get_class
+        from hydra.core.plugins import Plugins
+        from hydra.plugins.launcher import Launcher
 
         launcher = _launcher(option)
-        assert get_class(launcher._target_).__name__ == "SlurmLauncher"  # the plugin is installed
+        # what Hydra does under -m (it instantiates launchers only from the hydra_plugins package: saeexp's are found)
+        plugin = Plugins.instance()._instantiate(launcher)
+        assert isinstance(plugin, Launcher)
+        if option == "packed":
+            assert plugin.pack == 0 and plugin.memory_gb is None
+            return
+        # submitit's (Hydra's scan loads plugin modules afresh: compare by name), one run per task by default
+        assert "SlurmLauncher" in {c.__name__ for c in type(plugin).__mro__} and plugin.pack == 1
         # a checkpoint can be written between the USR2 and the time limit; a time-limited job is requeued
         assert 0 < launcher.signal_delay_s < 60 * launcher.timeout_min and launcher.max_num_timeout > 0
         assert Path(launcher.submitit_folder).name == "%j" and launcher.name.startswith("saeexp-")

@@ -129,12 +129,12 @@ def test_single_and_member_checkpoints_resume_each_other(tmp_path, one_thread):
     _same(tmp_path / "full", tmp_path / "cut")
 
 
-def test_a_streamed_pack_harvests_once_and_equals_single_streamed_runs(tmp_path, one_thread):
+def test_a_streamed_pack_on_the_lm_path_harvests_once_and_equals_single_streamed_runs(tmp_path, one_thread):
     from lm_fakes import FakeLMSource, write_corpus
     from test_stream import _stream_cfg
 
     corpus = write_corpus(tmp_path / "corpus", n_files=1, words_per_file=600)
-    pts = [["loss.l1=3e-3"], ["loss.l1=1e-2", "model.d_sae=96"], ["model=topk", "model.k=4"]]
+    pts = [["loss.l1=3e-3"], ["loss.l1=1e-2"], ["model=gated", "loss.l1=3e-3"], ["model=gated", "loss.l1=1e-2"]]
     harvested = []
     for i, pt in enumerate(pts):
         plan = plan_run(compose_cfg(_stream_cfg(corpus, "x", "data.epochs=2", *pt), run_dir=tmp_path / f"single{i}"))
@@ -142,13 +142,13 @@ def test_a_streamed_pack_harvests_once_and_equals_single_streamed_runs(tmp_path,
         harvested.append(plan.source.harvested_windows)
     plans = [plan_run(compose_cfg(_stream_cfg(corpus, "x", "data.epochs=2", *pt), run_dir=tmp_path / f"pack{i}"))
              for i, pt in enumerate(pts)]
-    assert group(plans) == [[0, 1, 2]]
+    assert group(plans) == [[0, 1, 2, 3]]
     source = plans[0].source
     assert isinstance(source, FakeLMSource)
     train_pack(plans)
-    for i in range(3):
+    for i in range(4):
         _same(tmp_path / f"single{i}", tmp_path / f"pack{i}")
-    # one stream for the three: the pack harvests what one run harvests
+    # one stream for the four: the pack harvests what one run harvests
     assert source.harvested_windows == harvested[0] == harvested[1], (source.harvested_windows, harvested)
 
 

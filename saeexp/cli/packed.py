@@ -6,8 +6,8 @@ batch size, length and trainer), a group over the memory budget or the `pack` si
 printed, and each pack trains (saeexp.jobs.pack.train_pack). Each job's return is its own run's result or
 error, so a failed run fails its job and the sweep reports it, as with one process per job.
 
-Hydra only instantiates launchers defined under the `hydra_plugins` package: the class Hydra sees is
-`hydra_plugins.saeexp_launchers.packed.PackedLauncher`, a subclass of this one.
+Hydra only instantiates launchers defined under the `hydra_plugins` package: the classes Hydra sees are in
+`hydra_plugins/saeexp_launchers/packed.py` and call the functions here.
 """
 from __future__ import annotations
 
@@ -18,9 +18,7 @@ from typing import Sequence
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
-from hydra.plugins.launcher import Launcher
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from saeexp.build.plan import plan_run
@@ -86,66 +84,47 @@ def _train_jobs(hydra_context, config: DictConfig, jobs: list[tuple[int, list[st
     return returns
 
 
-class PackedLauncher(Launcher):
-    """`hydra/launcher=packed`: the whole sweep in this process, in packs."""
-
-    def __init__(self, pack: int = 0, memory_gb: float | None = None) -> None:
-        self.pack, self.memory_gb = int(pack or 0), memory_gb
-        self.config: DictConfig | None = None
-        self.hydra_context = None
-        self.task_function = None
-
-    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
-        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
-
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        setup_globals()
-        assert self.config is not None and self.hydra_context is not None
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        jobs = [(initial_job_idx + n, list(o)) for n, o in enumerate(job_overrides)]
-        return _train_jobs(self.hydra_context, self.config, jobs, self.pack, self.memory_gb)
+def launch_local(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+    """`hydra/launcher=packed`: the whole sweep in this process, in packs (`launcher`: its hydra_plugins class,
+    with pack, memory_gb, config and hydra_context)."""
+    setup_globals()
+    assert launcher.config is not None and launcher.hydra_context is not None
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    jobs = [(initial_job_idx + n, list(o)) for n, o in enumerate(job_overrides)]
+    return _train_jobs(launcher.hydra_context, launcher.config, jobs, launcher.pack, launcher.memory_gb)
 
 
-class PackedSlurmLauncher(SlurmLauncher):
-    """`hydra/launcher=slurm hydra.launcher.pack=N`: the sweep's jobs in groups of N consecutive ones, one array
-    task per group (ceil(jobs / N) tasks), each task training its group in packs (`_train_jobs`). pack=1: one
-    job per task, as hydra-submitit-launcher does. A preempted or timed-out task checkpoints every SAE of its
-    packs and submitit requeues it with the same group (`checkpoint` below), which resumes them all."""
+def launch_slurm_groups(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+    """`hydra/launcher=slurm hydra.launcher.pack=N` (N > 1): the sweep's jobs in groups of N consecutive ones, one
+    array task per group (ceil(jobs / N) tasks); each task runs `run_group`. The executor is built as
+    hydra-submitit-launcher builds it (whose own launch() submits one job per task)."""
+    import submitit  # noqa: PLC0415 - as the plugin does: only a launch needs it
 
-    def __init__(self, pack: int = 1, memory_gb: float | None = None, **params) -> None:
-        super().__init__(**params)
-        self.pack, self.memory_gb = int(pack or 1), memory_gb
+    assert launcher.config is not None
+    p = dict(launcher.params)
+    executor = submitit.AutoExecutor(cluster="slurm", folder=p.pop("submitit_folder"),
+                                     slurm_max_num_timeout=p.pop("max_num_timeout", 0))
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in p.items()})
+    Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    jobs = [(initial_job_idx + n, list(o)) for n, o in enumerate(job_overrides)]
+    groups = [jobs[i:i + launcher.pack] for i in range(0, len(jobs), launcher.pack)]
+    print(f"saeexp: {len(jobs)} runs in {len(groups)} SLURM array task(s) of up to {launcher.pack} "
+          "(hydra.launcher.pack)", flush=True)
+    # the launcher object is the task's callable (its __call__ runs `run_group`); submitit's requeue re-runs it
+    # with the same group, which resumes every run of it
+    submitted = executor.map_array(launcher, groups, ["hydra.sweep.dir"] * len(groups),
+                                   [f"group_{g[0][0]}" for g in groups], [Singleton.get_state()] * len(groups))
+    return [ret for job in submitted for ret in job.results()[0]]
 
-    def __call__(self, *args):
-        if self.pack <= 1:
-            return super().__call__(*args)
-        group_jobs, _, _label, singleton_state = args
-        import submitit  # noqa: PLC0415 - only inside a submitit job, as the plugin itself imports it
 
-        Singleton.set_state(singleton_state)
-        setup_globals()
-        assert self.hydra_context is not None and self.config is not None
-        return _train_jobs(self.hydra_context, self.config, [(i, list(o)) for i, o in group_jobs], self.pack,
-                           self.memory_gb, job_id=submitit.JobEnvironment().job_id)
+def run_group(launcher, group_jobs, singleton_state) -> list[JobReturn]:
+    """One array task of `launch_slurm_groups`: its group of jobs, trained in packs."""
+    import submitit  # noqa: PLC0415 - inside a submitit job only
 
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        if self.pack <= 1:
-            return super().launch(job_overrides, initial_job_idx)
-        import submitit  # noqa: PLC0415 - as the plugin does: plugin discovery stays fast
-
-        assert self.config is not None
-        # the executor as hydra-submitit-launcher builds it (its launch() submits one job per task)
-        p = dict(self.params)
-        executor = submitit.AutoExecutor(cluster="slurm", folder=p.pop("submitit_folder"),
-                                         slurm_max_num_timeout=p.pop("max_num_timeout", 0))
-        base = set(OmegaConf.structured(BaseQueueConf).keys())
-        executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in p.items()})
-        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        jobs = [(initial_job_idx + n, list(o)) for n, o in enumerate(job_overrides)]
-        groups = [jobs[i:i + self.pack] for i in range(0, len(jobs), self.pack)]
-        print(f"saeexp: {len(jobs)} runs in {len(groups)} SLURM array task(s) of up to {self.pack} "
-              "(hydra.launcher.pack)", flush=True)
-        submitted = executor.map_array(self, groups, ["hydra.sweep.dir"] * len(groups),
-                                       [f"group_{g[0][0]}" for g in groups], [Singleton.get_state()] * len(groups))
-        return [ret for job in submitted for ret in job.results()[0]]
+    Singleton.set_state(singleton_state)
+    setup_globals()
+    assert launcher.hydra_context is not None and launcher.config is not None
+    return _train_jobs(launcher.hydra_context, launcher.config, [(i, list(o)) for i, o in group_jobs], launcher.pack,
+                       launcher.memory_gb, job_id=submitit.JobEnvironment().job_id)

@@ -164,7 +164,14 @@ def _train_members(plans: list[RunPlan], todo: list[tuple[int, str | None]], res
         by_start.setdefault(m.resumed_at, []).append(i)
     for start in sorted(by_start):
         idx = by_start[start]
-        _fit_pack(plans, idx, members, data_states, loggers, source)
+        try:
+            _fit_pack(plans, idx, members, data_states, loggers, source)
+        except Stopped:
+            raise
+        except Exception as err:  # the stream itself failed (the data, the device): each member still training fails
+            for i in idx:
+                if members[i].failed is None:
+                    members[i].failed = err
     for i, m in members.items():
         p = plans[i]
         if m.failed is not None:

@@ -243,7 +243,7 @@ def fit(members: list[Member], source, batch_size: int, seed: int, trainer_confi
                 if m.checkpoint_every and done % m.checkpoint_every == 0:
                     data_state = data_state or _data_state(source, done, batch_size)
                     m.save(done, data_state)
-            except (TrainingDiverged, FloatingPointError, RuntimeError) as e:
+            except Exception as e:  # noqa: BLE001 - this member's error fails this member: the others go on
                 m.failed = e
         step = done
         if progress is not None:
