@@ -90,7 +90,10 @@ def test_installed_console_scripts_run_outside_the_checkout(installed, tmp_path)
     _sh([bin_ / "saeexp-eval", run_dir, "--out", out], cwd, env)
     assert json.loads((out / "eval_metrics.json").read_text())["l0"] == pytest.approx(metrics["l0"])
 
-    _sh([bin_ / "saeexp", "-m", *TINY, "name=installed_sweep", "loss.l1=1e-2,2e-2"], cwd, env)
+    # packed: the launcher's hydra_plugins module must be in the wheel for Hydra to find it
+    swept = _sh([bin_ / "saeexp", "-m", "hydra/launcher=packed", *TINY, "name=installed_sweep", "loss.l1=1e-2,2e-2"],
+                cwd, env)
+    assert "2 runs in 1 pack(s) of 2" in swept.stdout, swept.stdout[-2000:]
     done = sorted((tmp_path / "runs" / "installed_sweep").glob("*/metrics.json"))
     assert len(done) == 2, done
 

@@ -27,6 +27,7 @@ from typing import Any, Iterator
 import torch
 
 from saeexp.errors import ConfigError, StorageError, TrainingDiverged
+from saeexp.train.callbacks import verify_checkpoint
 from saeexp.train.module import SAEModule
 from saeexp.train.step import after_optimizer_step, before_optimizer_step, make_optimizer, step_losses
 from saeexp.util.files import temp_name
@@ -40,6 +41,7 @@ def is_member_checkpoint(path: Path) -> bool:
     """Whether `path` is a pack member's checkpoint (not a single run's Lightning checkpoint)."""
     if not Path(path).exists():
         return False
+    verify_checkpoint(path)  # a file that holds more than weights is refused (one line) before anything reads it
     ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     return isinstance(ck, dict) and ck.get("format") == FORMAT
 
