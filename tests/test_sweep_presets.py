@@ -9,6 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+import saeexp.build.resolvers  # noqa: F401  (the tree's ${times:...}: this module alone must compose the presets)
 from saeexp.configtree import CONF_DIR
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
