@@ -27,6 +27,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_stream import _compose  # the config the CLI would compose, with a run directory  # noqa: E402
+
 BASE = ["experiment=demo", "features.enabled=false", "data.model_eval=false", "data.heldout_tokens=8192",
         "train.init_sample_tokens=8192", "overwrite=true"]
 COMBOS = [("relu", 4608), ("gated", 9216), ("topk", 4608), ("relu", 9216), ("gated", 4608), ("topk", 9216)]
@@ -43,24 +46,18 @@ def points(n: int) -> list[list[str]]:
     return out
 
 
-def _compose(overrides: list[str], run_dir: Path):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf, open_dict
+def _timed(owner, name: str, total: list) -> None:
+    """Replace `owner.name` by a wrapper that adds its calls' wall time to total[0]."""
+    fn = getattr(owner, name)
 
-    import saeexp.build.resolvers  # noqa: F401
-    from saeexp.configtree import CONF_DIR
+    def wrapper(*a, **k):
+        t = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            total[0] += time.perf_counter() - t
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-        cfg.paths.run_dir = str(run_dir)
-    OmegaConf.resolve(cfg)
-    return cfg
+    setattr(owner, name, wrapper)
 
 
 def child(spec: dict) -> None:
@@ -101,31 +98,15 @@ def child(spec: dict) -> None:
     elif spec["kind"] == "packed":
         from saeexp.jobs.pack import train_pack
 
-        fit, fit_s = pack.fit, [0.0]
-
-        def timed_fit(*a, **k):
-            t = time.perf_counter()
-            try:
-                return fit(*a, **k)
-            finally:
-                fit_s[0] += time.perf_counter() - t
-
-        pack.fit = timed_fit
+        fit_s = [0.0]
+        _timed(pack, "fit", fit_s)  # the training loop alone
         res = train_pack(plans)
         out.update(fit_s=fit_s[0], fvu=[r["fvu"] for r in res])
     else:
         from saeexp.jobs import train as single
 
-        fit, fit_s = single._fit, [0.0]
-
-        def timed_single_fit(*a, **k):
-            t = time.perf_counter()
-            try:
-                return fit(*a, **k)
-            finally:
-                fit_s[0] += time.perf_counter() - t
-
-        single._fit = timed_single_fit
+        fit_s = [0.0]
+        _timed(single, "_fit", fit_s)  # each run's Lightning fit alone
         out.update(fvu=[single.train(p)["fvu"] for p in plans], fit_s=fit_s[0])
     out["threads"] = torch.get_num_threads()
     Path(spec["out"]).write_text(json.dumps(out))
