@@ -28,6 +28,7 @@ import torch
 
 from saeexp.errors import ConfigError, StorageError, TrainingDiverged
 from saeexp.train.callbacks import verify_checkpoint
+from saeexp.train.memory import reuse_freed_memory
 from saeexp.train.module import SAEModule
 from saeexp.train.step import after_optimizer_step, before_optimizer_step, make_optimizer, step_losses
 from saeexp.util.files import temp_name
@@ -225,6 +226,8 @@ def fit(members: list[Member], source, batch_size: int, seed: int, trainer_confi
         raise ValueError(f"a pack's members must start at one step, got {sorted(starts)}")
     step = starts.pop()
     dtype = PRECISIONS[str(trainer_config.get("precision", "32-true"))]
+    if any(m.module.reuse_memory for m in members):  # what SAEModule.on_fit_start does for a single run
+        reuse_freed_memory()
     for m in members:
         m.optimizer.load_state_dict(m.optimizer.state_dict())  # a restored state follows the parameters' device
         if m.resampler is not None:
