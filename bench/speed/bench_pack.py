@@ -3,6 +3,7 @@
     python bench/speed/bench_pack.py                  # N = 1, 4, 16; 16,384 tokens each; stream and cache
     python bench/speed/bench_pack.py --quick          # N = 1, 2 at 4,096 tokens: a smoke run
     python bench/speed/bench_pack.py --sizes 4 --tokens 65536 --modes cache
+    python bench/speed/bench_pack.py --sizes 16 --modes stream --set trainer=gpu   # on a GPU
 
 The N points cycle through relu, gated and topk at widths 4608 and 9216 (d_in 576; distinct coefficients or k
 where a combination repeats), `experiment=demo` otherwise (batch 1024), no CE evaluation and no dashboards.
@@ -140,6 +141,7 @@ def main() -> None:
     ap.add_argument("--modes", default="stream,cache")
     ap.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS for the children (0: torch's default)")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--set", nargs="*", default=[], help="more overrides for every run, e.g. trainer=gpu")
     ap.add_argument("--child")
     a = ap.parse_args()
     if a.child:
@@ -156,7 +158,7 @@ def main() -> None:
     rows, ok = [], True
     print(f"{a.tokens:,} tokens per SAE, batch 1024; out: {out_dir}", flush=True)
     for mode in modes:
-        extra = [f"train.tokens={a.tokens}", f"data.harvest_tokens={a.tokens}"]
+        extra = [f"train.tokens={a.tokens}", f"data.harvest_tokens={a.tokens}", *a.set]
         extra += ["data.stream=true"] if mode == "stream" else []
         # both modes: the model loaded once first (its files in the OS cache); cached: the entry built, untimed
         spec = {"kind": "prepare", "mode": mode, "n": 1, "extra": extra, "root": str(out_dir / "prepare"),
