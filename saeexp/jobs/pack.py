@@ -18,15 +18,15 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from saeexp.errors import ConfigError, TrainingDiverged
-from saeexp.jobs.train import Prepared, _discard_finished, _finish, init_from_sample, make_module
+from saeexp.errors import ConfigError
+from saeexp.jobs.train import Prepared, _discard_finished, _finish, failure_reason, init_from_sample, make_module
 from saeexp.plan import RunPlan
 from saeexp.tracking.logger import log_config, open_run
 from saeexp.tracking.store import mark_orphaned
 from saeexp.train import pack
 from saeexp.train.callbacks import verify_checkpoint
 from saeexp.train.lock import RunLock, RunLocked
-from saeexp.train.preemption import _submitit_handler, preempt_signal
+from saeexp.train.preemption import _submitit_handler, mark_preempted, preempt_signal
 from saeexp.train.stop import Stopped
 from saeexp.util.redact import redact_text
 from saeexp.util.slurm import at_time_limit
@@ -176,7 +176,7 @@ def _train_members(plans: list[RunPlan], todo: list[tuple[int, str | None]], res
         p = plans[i]
         if m.failed is not None:
             e = m.failed
-            reason = str(e) if isinstance(e, (TrainingDiverged, ConfigError)) else f"{type(e).__name__}: {e}"
+            reason = failure_reason(e)
             loggers[i].mark_failed(redact_text(reason))
             print(f"saeexp: error: {p.run_dir}: {reason}", file=sys.stderr, flush=True)
             results[i] = e
@@ -184,7 +184,7 @@ def _train_members(plans: list[RunPlan], todo: list[tuple[int, str | None]], res
         try:
             results[i] = _finish(p, prepared[i], loggers[i], _run_dir(p))
         except Exception as e:  # noqa: BLE001 - one run's scoring failing must not lose the others' results
-            loggers[i].mark_failed(redact_text(f"{type(e).__name__}: {e}"))
+            loggers[i].mark_failed(redact_text(failure_reason(e)))
             results[i] = e
 
 
@@ -193,30 +193,23 @@ def _fit_pack(plans, idx: list[int], members: dict, data_states: dict, loggers: 
     first = plans[idx[0]]
     group_members = [members[i] for i in idx]
     pack.restore_source(source, data_states[idx[0]])
-    preempt = (preempt_signal(),) if _submitit_handler(preempt_signal()) is not None else ()
-    submitit = _submitit_handler(preempt_signal()) if preempt else None
+    submitit = _submitit_handler(preempt_signal())  # None unless submitit runs this job
+    preempt = (preempt_signal(),) if submitit is not None else ()
     show = _progress(first.schedule.batch_size, members[idx[0]].resumed_at)
     with pack.PackSignals(preempt) as signals:
         step = pack.fit(group_members, source, first.schedule.batch_size, first.seed, first.trainer_config,
                         signals, show)
-    if signals.signum is None:
-        for m in group_members:  # the final checkpoint, as a single run writes it
-            if m.failed is None:
-                m.save(step, {"batches_consumed": step, "source": source.state_dict(step, first.schedule.batch_size)})
-        return
+    # the final checkpoint, as a single run writes it, or the one a signal's stop keeps
     saved = pack.save_all(group_members, source, step, first.schedule.batch_size)
+    if signals.signum is None:
+        return
     stopped = Stopped(signals.signum, step, all(saved.values()))
     # submitit's preemption signal, or SLURM's SIGTERM at the time limit: mark each run and let submitit requeue
     if preempt and (signals.signum == preempt[0] or (signals.signum == signal.SIGTERM and at_time_limit())):
         for i in idx:
             if members[i].failed is None:
-                client, run_id = loggers[i].experiment, loggers[i].run_id
-                n = int(client.get_run(run_id).data.tags.get("saeexp.preemptions", "0")) + 1
-                client.set_tag(run_id, "saeexp.preemptions", str(n))
-                client.set_tag(run_id, "saeexp.preempted_at_step", str(step))
-                client.update_run(run_id, status="SCHEDULED")
+                mark_preempted(loggers[i].experiment, loggers[i].run_id, step)
         print(f"saeexp: pack preempted at step {step}; {len(saved)} checkpoints saved, requeueing", flush=True)
-        assert submitit is not None
         submitit(preempt[0], None)  # dumps the resubmission, requeues and exits
     for i in idx:
         if members[i].failed is None:

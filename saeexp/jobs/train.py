@@ -141,10 +141,14 @@ def _train(plan: RunPlan, run_dir: Path) -> dict:
     except Stopped:
         raise
     except Exception as e:  # any failure: the MLflow run says why (a SIGKILLed job cannot: saeexp-pareto reconciles)
-        reason = str(e) if isinstance(e, (TrainingDiverged, ConfigError)) else f"{type(e).__name__}: {e}"
-        logger.mark_failed(redact_text(reason))  # never raises: a store on a full disk must not hide `e`
+        logger.mark_failed(redact_text(failure_reason(e)))  # never raises: a store on a full disk must not hide `e`
         raise
     return _finish(plan, ready, logger, run_dir)
+
+
+def failure_reason(e: BaseException) -> str:
+    """The `failure_reason` a failed run is tagged with: a user error's own line, else the exception's type too."""
+    return str(e) if isinstance(e, (TrainingDiverged, ConfigError)) else f"{type(e).__name__}: {e}"
 
 
 def _fit(plan: RunPlan, ready: Prepared, run_dir: Path, logger) -> tuple[L.Trainer, RunCheckpoint, StopOnSignal]:

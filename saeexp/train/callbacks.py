@@ -31,6 +31,13 @@ def verify_checkpoint(path: Path) -> None:
                           "this run again") from None
 
 
+def weights_healthy(module) -> bool:
+    """Whether a module's weights may be checkpointed: no non-finite loss seen and every SAE weight finite."""
+    if int(module.first_bad_step) >= 0:
+        return False
+    return all(torch.isfinite(p).all() for p in module.sae.parameters())
+
+
 class RunCheckpoint(Callback):
     """Keep `<run dir>/checkpoints/last.ckpt`: written to a temporary name and renamed, never with NaN weights.
 
@@ -42,9 +49,7 @@ class RunCheckpoint(Callback):
         self.path, self.every, self.check_every = Path(path), every_n_steps, check_every
 
     def healthy(self, module) -> bool:
-        if int(module.first_bad_step) >= 0:
-            return False
-        return all(torch.isfinite(p).all() for p in module.sae.parameters())
+        return weights_healthy(module)
 
     def save(self, trainer) -> bool:
         """Save now if the weights are healthy; return whether it saved.

@@ -19,6 +19,13 @@ class _Stream(IterableDataset):
         return self.source.shard_batches(self.batch_size, self.seed, self.start, self.rank, self.world)
 
 
+def stream_state(source: ActivationSource, batches: int, batch_size: int) -> dict:
+    """Where a training stream stands after `batches` batches (checkpointed by single runs and pack members):
+    the batch count and what else the source needs to continue exactly (issue 27: a streamed source's corpus
+    position)."""
+    return {"batches_consumed": batches, "source": source.state_dict(batches, batch_size)}
+
+
 class ActivationDataModule(L.LightningDataModule):
     """Serves the source's training stream; its checkpointed state is the number of batches consumed (and, for a
     source that needs more to continue exactly, the source's own state: data.stream=true's corpus position).
@@ -44,10 +51,7 @@ class ActivationDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict:
         # one batch per optimiser step, so the stream position is the global step
-        batches = self.trainer.global_step if self.trainer else self.start
-        # stream (issue 27): what else the source needs to continue exactly (a streamed source: where in the
-        # corpus its buffer's oldest fill began)
-        return {"batches_consumed": batches, "source": self.source.state_dict(batches, self.batch_size)}
+        return stream_state(self.source, self.trainer.global_step if self.trainer else self.start, self.batch_size)
 
     def load_state_dict(self, state: dict) -> None:
         self.start = int(state["batches_consumed"])

@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterator
@@ -27,7 +27,8 @@ from typing import Any, Iterator
 import torch
 
 from saeexp.errors import ConfigError, StorageError, TrainingDiverged
-from saeexp.train.callbacks import verify_checkpoint
+from saeexp.train.callbacks import verify_checkpoint, weights_healthy
+from saeexp.train.datamodule import stream_state
 from saeexp.train.memory import reuse_freed_memory
 from saeexp.train.module import SAEModule
 from saeexp.train.step import after_optimizer_step, before_optimizer_step, make_optimizer, step_losses
@@ -85,7 +86,6 @@ class Member:
     scheduler: Any = None
     failed: Exception | None = None
     resumed_at: int = 0
-    _stash: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.optimizer = make_optimizer(self.module.optimizer_factory, self.module.sae)
@@ -96,12 +96,9 @@ class Member:
         return self.module.total_steps
 
     # --- checkpoints -------------------------------------------------------------------------------------
-    def healthy(self) -> bool:
-        return int(self.module.first_bad_step) < 0 and all(torch.isfinite(p).all() for p in self.module.parameters())
-
     def save(self, step: int, data_state: dict) -> bool:
         """Write the checkpoint atomically, unless the weights are unhealthy; returns whether it wrote."""
-        if not self.healthy():
+        if not weights_healthy(self.module):
             return False
         state = {"format": FORMAT, "global_step": step, "state_dict": self.module.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -201,10 +198,15 @@ class PackSignals:
             signal.signal(s, h)
 
 
+def _dtype(trainer_config: dict) -> torch.dtype:
+    return PRECISIONS[str(trainer_config.get("precision", "32-true"))]
+
+
 def place(members: list[Member], trainer_config: dict) -> None:
     """Each member's module on the pack's device in the precision it trains in, before a checkpoint is restored
-    into it (a 64-true checkpoint must not pass through float32 weights)."""
-    device, dtype = device_of(trainer_config), PRECISIONS[str(trainer_config.get("precision", "32-true"))]
+    into it (a 64-true checkpoint must not pass through float32 weights; the optimiser's restored state follows
+    the parameters' device as it loads)."""
+    device, dtype = device_of(trainer_config), _dtype(trainer_config)
     for m in members:
         m.module.to(device=device, dtype=dtype)
 
@@ -225,11 +227,10 @@ def fit(members: list[Member], source, batch_size: int, seed: int, trainer_confi
     if len(starts) != 1:
         raise ValueError(f"a pack's members must start at one step, got {sorted(starts)}")
     step = starts.pop()
-    dtype = PRECISIONS[str(trainer_config.get("precision", "32-true"))]
+    dtype = _dtype(trainer_config)
     if any(m.module.reuse_memory for m in members):  # what SAEModule.on_fit_start does for a single run
         reuse_freed_memory()
     for m in members:
-        m.optimizer.load_state_dict(m.optimizer.state_dict())  # a restored state follows the parameters' device
         if m.resampler is not None:
             m.resampler.to(device)
     total = max(m.steps for m in members)
@@ -246,7 +247,7 @@ def fit(members: list[Member], source, batch_size: int, seed: int, trainer_confi
                 m.step(batch, step, autocast)
                 m.check(done)
                 if m.checkpoint_every and done % m.checkpoint_every == 0:
-                    data_state = data_state or _data_state(source, done, batch_size)
+                    data_state = data_state or stream_state(source, done, batch_size)
                     m.save(done, data_state)
             except Exception as e:  # noqa: BLE001 - this member's error fails this member: the others go on
                 m.failed = e
@@ -258,13 +259,9 @@ def fit(members: list[Member], source, batch_size: int, seed: int, trainer_confi
     return step
 
 
-def _data_state(source, batches: int, batch_size: int) -> dict:
-    return {"batches_consumed": batches, "source": source.state_dict(batches, batch_size)}
-
-
 def save_all(members: list[Member], source, step: int, batch_size: int) -> dict[str, bool]:
-    """Checkpoint every live member at `step` (a signal's stop); returns {name: saved}."""
-    state = _data_state(source, step, batch_size)
+    """Checkpoint every live member at `step` (the end, or a signal's stop); returns {name: saved}."""
+    state = stream_state(source, step, batch_size)
     return {m.name: m.save(step, state) for m in members if m.failed is None}
 
 

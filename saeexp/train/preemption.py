@@ -93,6 +93,14 @@ def time_limit_requeue(stopped: Stopped, logger) -> bool:
     return True
 
 
+def mark_preempted(client, run_id: str, step: int) -> None:
+    """Count the preemption on the MLflow run, say at which step, and mark it SCHEDULED (waiting for its requeue)."""
+    n = int(client.get_run(run_id).data.tags.get("saeexp.preemptions", "0")) + 1
+    client.set_tag(run_id, "saeexp.preemptions", str(n))
+    client.set_tag(run_id, "saeexp.preempted_at_step", str(step))
+    client.update_run(run_id, status="SCHEDULED")
+
+
 def requeue_if_preempted() -> None:
     """If a preemption stopped training, mark the MLflow run and let submitit requeue (does not return)."""
     if "step" not in _pending:
@@ -100,10 +108,7 @@ def requeue_if_preempted() -> None:
     client, run_id = _pending.get("client"), _pending.get("run_id")
     if client is not None and run_id:
         # Lightning closed the run as FINISHED when the trainer stopped; it is not: it waits for its requeue
-        n = int(client.get_run(run_id).data.tags.get("saeexp.preemptions", "0")) + 1
-        client.set_tag(run_id, "saeexp.preemptions", str(n))
-        client.set_tag(run_id, "saeexp.preempted_at_step", str(_pending["step"]))
-        client.update_run(run_id, status="SCHEDULED")
+        mark_preempted(client, run_id, _pending["step"])
     handler = _pending.pop("handler")
     signum = preempt_signal()
     signal.signal(signum, handler)
