@@ -11,7 +11,7 @@ COMMON = ["model.d_sae=64", "train.tokens=40960", "train.batch_size=512", "train
           "train.lr_warmup_tokens=5120"]
 
 
-# the target-L0 controller's state (its integral) is part of the checkpoint: a resumed run continues it
+# the target-L0 controller's state (its log factor u) is part of the checkpoint: a resumed run continues it
 @pytest.mark.parametrize("extra", [[], ["model=relu", "train.target_l0=16"]], ids=["default", "target_l0"])
 def test_resume_matches_uninterrupted(extra, tmp_path):
     COMMON = [*globals()["COMMON"], *extra]

@@ -1,8 +1,9 @@
-"""`train.target_l0`: penalty variants end within 10% of the target held-out L0 on average over two seeds (each
-seed within 15%: the controller's path is chaotic, and other CPUs' kernels round it elsewhere), with the
-coefficient frozen for the last 20% of the run; TopK variants get k from it."""
+"""`train.target_l0`: penalty variants end within 10% of the target held-out L0 at the defaults (the default
+synthetic data and budget: 488 steps of 4096 tokens), with the coefficient frozen for the last 10% of the run;
+TopK variants get k from it; a budget too short says so at the start, a miss says so at the end."""
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -13,49 +14,35 @@ from omegaconf import OmegaConf
 from saeexp.build.checks import coefficient_key
 from saeexp.build.plan import plan_run
 from saeexp.errors import ConfigError
+from saeexp.train import target_l0
 from saeexp.train.target_l0 import TargetL0
 
-TARGET = 16
-# every hyperparameter the outcome depends on, pinned (defaults may move): the synthetic data, the width,
-# a short run at a high LR (the controller needs a few hundred steps), LR decay over the last 20%
-SETUP = ["data.d_in=32", "data.n_features=128", "data.max_p=0.05", "data.alpha=0.5", "data.magnitude=exponential",
-         "data.mean_magnitude=1.0", "data.min_magnitude=0.0", "data.noise=0.0", "data.groups=0", "data.heldout_tokens=8192",
-         "model.d_sae=128", "optimizer.lr=4e-3", "train.batch_size=512", "train.tokens=204800",
-         "train.lr_decay_tokens=40960", "train.lr_warmup_tokens=0", "train.sparsity_warmup_tokens=0",
-         "train.init_sample_tokens=4096", "train.log_every=20", f"train.target_l0={TARGET}", "name=target"]
+# Held-out L0 at the defaults, seed 0, one thread (README "Training to a target L0" has all twelve): gated at 16
+# ended 16.14 and scsae at 8 ended 7.76. Gated is the default model; SCSAE's L0 hardly rises again once it has
+# fallen (its bias is not in its output), the case the controller's hold and bounded rate are for.
+CASES = [("gated", 16), ("scsae", 8)]
 
 
-# JumpReLU's L0 follows lambda only as fast as theta moves: at its default (theta at the configured lr, SAELens')
-# this 400-step run ends at L0 13.6 / 14.7 for the two seeds (15% low), and at twice the steps 8.7 / 8.4, the
-# controller's integral running ahead of theta (README "Training to a target L0"). The test pins theta's
-# lr at sqrt(d_in) x lr (the default before gradient clipping): 16.2 / 16.0.
-PER_MODEL = {"jumprelu": ["model.threshold_lr_scale=5.66"]}
-
-
-@pytest.mark.parametrize("model", ["relu", "gated", "jumprelu", "scsae"])
-def test_penalty_variants_reach_the_target_l0(model, tmp_path, one_thread):
+@pytest.mark.slow
+@pytest.mark.parametrize(("model", "target"), CASES)
+def test_penalty_variants_reach_the_target_l0_at_the_defaults(model, target, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
-    l0s = []
-    for seed in (0, 1):
-        run_dir = tmp_path / f"seed{seed}"
-        r = train_cfg(compose_cfg([f"model={model}", f"seed={seed}", *SETUP, *PER_MODEL.get(model, [])], run_dir=run_dir))
-        l0s.append(r["l0"])
-        assert abs(r["l0"] / TARGET - 1) < 0.15, f"{model} seed {seed}: held-out L0 {r['l0']:.2f}, target {TARGET}"
-    # one seed's end point moves with the CPU's rounding (scsae seed 0 ended at 17.8 with ATEN_CPU_CAPABILITY=default,
-    # MKL SSE4_2 and one thread); the mean of the two is what the README promises
-    assert abs(sum(l0s) / len(l0s) / TARGET - 1) < 0.10, f"{model}: held-out L0 {l0s}, target {TARGET}"
+    run_dir = tmp_path / "run"
+    r = train_cfg(compose_cfg([f"model={model}", f"train.target_l0={target}"], run_dir=run_dir))
+    assert abs(r["l0"] / target - 1) < 0.10, f"{model}: held-out L0 {r['l0']:.2f}, target {target}"
+    assert "saeexp: warning" not in capsys.readouterr().err  # no short-budget line, no miss, no verdict
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     run_id = (run_dir / "mlflow_run_id").read_text()
     scale = sorted(client.get_metric_history(run_id, "train/sparsity_scale"), key=lambda m: m.step)
     # the settled coefficient, logged: the configured one times the controller's final factor
-    cfg = compose_cfg([f"model={model}", *SETUP])
-    start = OmegaConf.select(cfg, coefficient_key(cfg))  # loss.l1, or loss.l0 for jumprelu
+    start = OmegaConf.select(compose_cfg([f"model={model}"]), coefficient_key(compose_cfg([f"model={model}"])))
     assert client.get_run(run_id).data.metrics["final/sparsity_coef"] == pytest.approx(r["sparsity_coef"])
     assert r["sparsity_coef"] == pytest.approx(start * scale[-1].value, rel=1e-4)
-    frozen = [m.value for m in scale if m.step >= 320]  # the last 20% of 400 steps: a fixed coefficient
-    assert len(frozen) >= 4 and max(frozen) == min(frozen)
-    assert len({m.value for m in scale if m.step < 320}) > 5  # and it adapted before
+    freeze = target_l0.freeze_step(r["steps"])
+    frozen = [m.value for m in scale if m.step >= freeze]  # the last 10% of the run: a fixed coefficient
+    assert len(frozen) >= 2 and max(frozen) == min(frozen)
+    assert len({m.value for m in scale if m.step < freeze}) > 5  # and it adapted before
 
 
 @pytest.mark.parametrize("model", ["topk", "batchtopk"])
@@ -70,18 +57,50 @@ def test_bad_target_is_refused():
             plan_run(compose_cfg(["model.d_sae=64", f"train.target_l0={bad}"]))
 
 
-def test_controller_raises_lambda_while_l0_is_high_and_then_holds_it():
+def _acts(l0: float, batch: int = 100, width: int = 256):
+    """A batch whose mean L0 is l0 (to 1/batch)."""
+    acts_BF = torch.zeros(batch * width)
+    acts_BF[: round(l0 * batch)] = 1.0
+    return acts_BF.view(batch, width)
+
+
+def test_controller_raises_lambda_at_a_bounded_rate_and_then_holds_it():
     ctl = TargetL0(8, start_step=2, freeze_step=10)
-    dense_BF = torch.ones(4, 32)  # L0 32: four times the target
-    ctl.observe(dense_BF, step=0)
+    ctl.observe(_acts(32), step=0)  # L0 32: four times the target, far outside the band
     assert float(ctl.scale()) == 1.0  # still in the sparsity warm-up
-    for step in range(2, 9):
-        before = float(ctl.scale())
-        ctl.observe(dense_BF, step)
-        assert float(ctl.scale()) > before
-    ctl.observe(dense_BF, step=9)  # the last adaptive step settles on the integral (no proportional kick)
+    for step in range(2, 10):
+        ctl.observe(_acts(32), step)
+    # a factor e^RATE per step at most, however far off L0 is: it cannot swing
+    assert float(ctl.scale()) == pytest.approx(math.exp(8 * target_l0.RATE))
     held = float(ctl.scale())
-    assert held == pytest.approx(float(ctl.integral.exp())) and held > 1.0
     ctl.observe(torch.zeros(4, 32), step=10)  # frozen: even a collapse of L0 changes nothing
     assert float(ctl.scale()) == held
-    assert set(ctl.state_dict()) >= {"u", "integral"}  # saved in checkpoints: a resume continues it
+    assert "u" in ctl.state_dict()  # saved in checkpoints: a resume continues it
+
+
+def test_controller_does_not_push_while_l0_already_falls_toward_the_target():
+    """L0 falling 1% a step on its own (JumpReLU's thresholds climbing): lambda stops rising once the trend shows,
+    where a constant L0 as far off keeps raising it."""
+    falling, flat = TargetL0(8, 0, 1000), TargetL0(8, 0, 1000)
+    scales = []
+    for step in range(100):
+        falling.observe(_acts(64 * 0.99 ** step), step)
+        flat.observe(_acts(40), step)
+        scales.append(float(falling.scale()))
+    assert scales[-1] == scales[50] > 1.0  # held from the time the trend was seen
+    assert float(flat.scale()) == pytest.approx(math.exp(100 * target_l0.RATE))
+
+
+def test_a_budget_too_short_for_the_controller_is_said_at_the_start():
+    assert target_l0.budget_warning(16, "coefficient", total_steps=488, sparsity_warmup_steps=24) is None
+    line = target_l0.budget_warning(16, "coefficient", total_steps=100, sparsity_warmup_steps=5)
+    assert line.startswith("saeexp: warning: train.target_l0=16 gets 85 steps") and "train.tokens" in line
+    assert target_l0.budget_warning(16, "k", total_steps=100, sparsity_warmup_steps=5) is None
+    assert target_l0.budget_warning(None, "coefficient", total_steps=100, sparsity_warmup_steps=5) is None
+
+
+def test_a_missed_target_is_said_at_the_end():
+    assert target_l0.miss_warning(16, "coefficient", 15.0) is None  # within 10%
+    line = target_l0.miss_warning(32, "coefficient", 11.73)
+    assert line.startswith("saeexp: warning: train.target_l0=32 ended at held-out L0 11.7, 63% under")
+    assert target_l0.miss_warning(32, "k", 11.73) is None and target_l0.miss_warning(None, "coefficient", 3) is None

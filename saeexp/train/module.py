@@ -45,7 +45,7 @@ class SAEModule(L.LightningModule):
         self.reuse_memory = reuse_memory
         # the step's own settings (saeexp.train.step); target_l0: a TargetL0, or None for a fixed coefficient
         self.recipe = Recipe(float(input_scale), sparsity_warmup_steps, grad_clip, target_l0)
-        # registered as a submodule too: its state (the controller's integral) is in the checkpoint, so a resumed
+        # registered as a submodule too: its state (the controller's log factor u) is in the checkpoint, so a resumed
         # run continues it, and it follows the module's device and precision
         self.target_ctl = target_l0
         # first step whose loss was not finite (-1: none); a device tensor, read only at log steps
