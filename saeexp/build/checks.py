@@ -62,6 +62,17 @@ def coefficient_key(cfg: DictConfig) -> str | None:
     return f"loss.{key}" if key else None
 
 
+def coefficient_note(cfg: DictConfig, overrides: list[str]) -> str | None:
+    """One line when the command line gives a sparsity coefficient that a target L0 from the config tree (data=lm's
+    default, conf/data_defaults/lm.yaml) will adapt: that coefficient is only where the controller starts."""
+    target, key = _value(cfg, "train.target_l0"), coefficient_key(cfg)
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    if target is None or key is None or key not in given or "train.target_l0" in given:
+        return None
+    return (f"saeexp: note: {key}={_value(cfg, key)} is where train.target_l0={target} (the config's default) starts "
+            f"the coefficient it adapts; add train.target_l0=null to train at {key}={_value(cfg, key)}")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raise a ConfigError naming the key for a value no run could use: checked before anything is written."""
     if "name" in cfg:

@@ -16,9 +16,11 @@ import sys
 from typing import Callable, TypeVar
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import saeexp.build.resolvers  # noqa: F401  (the config tree's resolvers, before Hydra composes)
+from saeexp.build.checks import coefficient_note
 from saeexp.build.plan import multirun
 from saeexp.cli.refuse import discard_created, fail
 from saeexp.cli.renamed import check_argv
@@ -91,3 +93,10 @@ def argparse_errors(fn: Callable[[], T]) -> T:
         return fn()
     except USER_ERRORS as e:
         fail(e)
+
+
+def note_coefficient(cfg: DictConfig) -> None:
+    """Say so when a coefficient on the command line only starts a target-L0 run (saeexp.build.checks)."""
+    note = coefficient_note(cfg, list(HydraConfig.get().overrides.task)) if HydraConfig.initialized() else None
+    if note:
+        print(note, file=sys.stderr)

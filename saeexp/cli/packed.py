@@ -22,7 +22,7 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from saeexp.build.plan import plan_run
-from saeexp.cli.common import USER_ERRORS
+from saeexp.cli.common import USER_ERRORS, note_coefficient
 from saeexp.jobs.pack import budget_bytes, group, member_bytes, memory_split, train_pack
 from saeexp.train.stop import Stopped
 
@@ -47,7 +47,9 @@ def plan_packs(plans: list, size: int, memory_gb: float | None) -> list[list[int
 
 
 def _plan(cfg: DictConfig):
-    return plan_run(cfg)
+    plan = plan_run(cfg)
+    note_coefficient(cfg)
+    return plan
 
 
 def _train_jobs(hydra_context, config: DictConfig, jobs: list[tuple[int, list[str]]], size: int,

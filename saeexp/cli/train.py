@@ -4,7 +4,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from saeexp.build.plan import plan_run
-from saeexp.cli.common import command
+from saeexp.cli.common import command, note_coefficient
 from saeexp.jobs.pack import train_pack
 from saeexp.jobs.train import train
 from saeexp.train.pack import is_member_checkpoint
@@ -13,6 +13,7 @@ from saeexp.train.preemption import requeue_if_preempted
 
 def _task(cfg: DictConfig) -> dict:
     plan = plan_run(cfg)
+    note_coefficient(cfg)
     if plan.run_dir is not None and is_member_checkpoint(plan.run_dir / "checkpoints" / "last.ckpt"):
         # started in a packed sweep (hydra/launcher=packed): resumed as a pack of one, with the same result
         result = train_pack([plan])[0]
