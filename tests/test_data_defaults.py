@@ -15,6 +15,8 @@ def test_data_lm_trains_one_pass_of_its_harvest_to_a_target_l0_with_room_for_the
     assert cfg.model.d_sae == 8 * cfg.data.d_in == 4608
     assert cfg.data.harvest_tokens == cfg.train.tokens == 1_000_000  # one pass: nothing cycles
     assert cfg.train.target_l0 == 16
+    assert cfg.loss.l1 == 2e-3  # the controller starts at the demo's coefficient, not the synthetic data's 4e-2
+    assert compose_cfg(["data=lm", "model=jumprelu"]).loss.l0 == compose_cfg(["model=jumprelu"]).loss.l0
     steps = cfg.train.tokens // cfg.train.batch_size
     warmup = cfg.train.sparsity_warmup_tokens // cfg.train.batch_size
     assert target_l0.budget_warning(16, "coefficient", steps, warmup) is None  # no short-budget line
