@@ -134,10 +134,15 @@ def config_dirs() -> tuple[Path, ...]:
     return tuple(Path(s.path) for s in sources if s.schema == "file" and s.path)
 
 
+# groups the config tree picks from other choices (conf/config.yaml: `${data}`, `${data}_${loss}`): they say nothing
+# that data and loss do not, and would split series labels by them
+DERIVED_GROUPS = ("data_defaults", "data_loss")
+
+
 def _choices() -> dict[str, str]:
     try:
         return {k: v for k, v in HydraConfig.get().runtime.choices.items()
-                if not k.startswith("hydra") and isinstance(v, str)}
+                if not k.startswith("hydra") and k not in DERIVED_GROUPS and isinstance(v, str)}
     except (ValueError, AttributeError):  # composed without a running Hydra command (a notebook, a test)
         return {}
 
