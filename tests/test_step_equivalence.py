@@ -132,7 +132,7 @@ def reference_run(case: str, sae, scale: float):
     sae = sae.double()
     terms = CASES[case][3]()
     target = CASES[case][4]
-    ctl = TargetL0(target, start_step=WARM, freeze_step=STEPS - max(DECAY, math.ceil(0.2 * STEPS))).double() \
+    ctl = TargetL0(target, start_step=WARM, freeze_step=STEPS - math.ceil(0.1 * STEPS)).double() \
         if target else None
     groups = sae.param_groups()
     opt = torch.optim.Adam([{"params": g["params"], "lr": LR * g.get("lr_scale", 1.0)} for g in groups],
