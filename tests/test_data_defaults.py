@@ -19,7 +19,8 @@ def test_data_lm_trains_one_pass_of_its_harvest_to_a_target_l0_with_room_for_the
     assert compose_cfg(["data=lm", "model=jumprelu"]).loss.l0 == compose_cfg(["model=jumprelu"]).loss.l0
     steps = cfg.train.tokens // cfg.train.batch_size
     warmup = cfg.train.sparsity_warmup_tokens // cfg.train.batch_size
-    assert target_l0.budget_warning(16, "coefficient", steps, warmup) is None  # no short-budget line
+    ctl = target_l0.controller(16, "coefficient", steps, warmup)
+    assert target_l0.budget_warning(ctl, steps) is None  # no short-budget line
 
 
 def test_the_synthetic_defaults_and_the_experiments_keep_their_own():

@@ -36,7 +36,8 @@ def test_penalty_variants_reach_the_target_l0_at_the_defaults(model, target, tmp
     run_id = (run_dir / "mlflow_run_id").read_text()
     scale = sorted(client.get_metric_history(run_id, "train/sparsity_scale"), key=lambda m: m.step)
     # the settled coefficient, logged: the configured one times the controller's final factor
-    start = OmegaConf.select(compose_cfg([f"model={model}"]), coefficient_key(compose_cfg([f"model={model}"])))
+    base = compose_cfg([f"model={model}"])
+    start = OmegaConf.select(base, coefficient_key(base))
     assert client.get_run(run_id).data.metrics["final/sparsity_coef"] == pytest.approx(r["sparsity_coef"])
     assert r["sparsity_coef"] == pytest.approx(start * scale[-1].value, rel=1e-4)
     freeze = target_l0.freeze_step(r["steps"])
@@ -92,16 +93,23 @@ def test_controller_does_not_push_while_l0_already_falls_toward_the_target():
 
 
 def test_a_budget_too_short_for_the_controller_is_said_at_the_start():
-    assert target_l0.budget_warning(16, "coefficient", total_steps=488, sparsity_warmup_steps=24) is None
-    line = target_l0.budget_warning(16, "coefficient", total_steps=100, sparsity_warmup_steps=5)
+    def warning(target, control, total_steps, sparsity_warmup_steps):
+        return target_l0.budget_warning(target_l0.controller(target, control, total_steps, sparsity_warmup_steps),
+                                        total_steps)
+
+    assert warning(16, "coefficient", total_steps=488, sparsity_warmup_steps=24) is None
+    line = warning(16, "coefficient", total_steps=100, sparsity_warmup_steps=5)
     assert line.startswith("saeexp: warning: train.target_l0=16 gets 85 steps") and "train.tokens" in line
-    assert target_l0.budget_warning(16, "k", total_steps=100, sparsity_warmup_steps=5) is None
-    assert target_l0.budget_warning(None, "coefficient", total_steps=100, sparsity_warmup_steps=5) is None
+    assert warning(16, "k", total_steps=100, sparsity_warmup_steps=5) is None
+    assert warning(None, "coefficient", total_steps=100, sparsity_warmup_steps=5) is None
 
 
 def test_a_missed_target_is_said_at_the_end():
-    assert target_l0.miss_warning(16, "coefficient", 15.0) is None
-    assert target_l0.miss_warning(16, "coefficient", 18.2) is None  # `saeexp data=lm`: held-out windows differ
-    line = target_l0.miss_warning(32, "coefficient", 11.73)
+    def ctl(target, control="coefficient"):
+        return target_l0.controller(target, control, total_steps=488, sparsity_warmup_steps=24)
+
+    assert target_l0.miss_warning(ctl(16), 15.0) is None
+    assert target_l0.miss_warning(ctl(16), 18.2) is None  # `saeexp data=lm`: held-out windows differ
+    line = target_l0.miss_warning(ctl(32), 11.73)
     assert line.startswith("saeexp: warning: train.target_l0=32 ended at held-out L0 11.7, 63% under")
-    assert target_l0.miss_warning(32, "k", 11.73) is None and target_l0.miss_warning(None, "coefficient", 3) is None
+    assert target_l0.miss_warning(ctl(32, "k"), 11.73) is None and target_l0.miss_warning(ctl(None), 3) is None

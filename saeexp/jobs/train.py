@@ -62,7 +62,7 @@ def make_module(plan: RunPlan, input_scale: float) -> SAEModule:
     """The LightningModule of a run: the SAE, its loss terms and the schedules, in steps."""
     s = plan.schedule
     ctl = target_l0.controller(s.target_l0, plan.sae.sparsity_control, s.steps, s.sparsity_warmup_steps)
-    short = target_l0.budget_warning(s.target_l0, plan.sae.sparsity_control, s.steps, s.sparsity_warmup_steps)
+    short = target_l0.budget_warning(ctl, s.steps)
     if short and ranks.launched_rank_zero():
         print(short, file=sys.stderr)
     return SAEModule(plan.sae, plan.penalties, plan.optimizer, total_steps=s.steps, input_scale=input_scale,
@@ -222,7 +222,7 @@ def _finish(plan: RunPlan, ready: Prepared, logger, run_dir: Path) -> dict:
         c, true_l0 = plan.control, source.describe().get("expected_l0")
         print(verdicts.warning(verdict, (c.name, c.value, c.keys), sae.d_in, scalars.get("l0"), true_l0),
               file=sys.stderr)
-    elif miss := target_l0.miss_warning(s.target_l0, sae.sparsity_control, scalars.get("l0")):
+    elif miss := target_l0.miss_warning(ready.module.target_l0, scalars.get("l0")):
         print(miss, file=sys.stderr)  # (a verdict's own line already says that the target was missed)
     return result
 

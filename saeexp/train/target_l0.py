@@ -34,6 +34,7 @@ HOLD = 0.008
 FREEZE_FRACTION = 0.1
 MIN_CONTROL_STEPS = 300  # relu, gated and scsae settled within 250-350 steps of control from the default coefficient
 U_LIMIT = 25.0  # |log factor| at most: lambda within coef * e^+-25, far past any useful value
+MISS = 0.25  # the controller lands the training batches' L0; held-out windows can differ by 10-15% (SmolLM2)
 
 
 class TargetL0(nn.Module):
@@ -90,17 +91,13 @@ def freeze_step(total_steps: int) -> int:
     return total_steps - math.ceil(FREEZE_FRACTION * total_steps)
 
 
-def budget_warning(target_l0: float | None, sparsity_control: str, total_steps: int,
-                   sparsity_warmup_steps: int) -> str | None:
+def budget_warning(ctl: TargetL0 | None, total_steps: int) -> str | None:
     """One line at the start of a run whose controller has too few steps to land (None when it has enough)."""
-    if target_l0 is None or sparsity_control == "k":
+    if ctl is None or ctl.freeze_step - ctl.start_step >= MIN_CONTROL_STEPS:
         return None
-    control = freeze_step(total_steps) - sparsity_warmup_steps
-    if control >= MIN_CONTROL_STEPS:
-        return None
-    return (f"saeexp: warning: train.target_l0={target_l0:g} gets {max(control, 0)} steps of control (of "
-            f"{total_steps}) and needs about {MIN_CONTROL_STEPS} to land: expect the run to end off target; "
-            "raise train.tokens or lower train.batch_size")
+    return (f"saeexp: warning: train.target_l0={ctl.target_l0:g} gets {max(ctl.freeze_step - ctl.start_step, 0)} "
+            f"steps of control (of {total_steps}) and needs about {MIN_CONTROL_STEPS} to land: expect the run to "
+            "end off target; raise train.tokens or lower train.batch_size")
 
 
 def settled_coef(penalties: list, ctl: TargetL0 | None) -> float | None:
@@ -111,14 +108,11 @@ def settled_coef(penalties: list, ctl: TargetL0 | None) -> float | None:
     return coefs[0] * (float(ctl.scale()) if ctl is not None else 1.0)
 
 
-MISS = 0.25  # the controller lands the training batches' L0; held-out windows can differ by 10-15% (SmolLM2)
-
-
-def miss_warning(target_l0: float | None, sparsity_control: str, l0: float | None) -> str | None:
+def miss_warning(ctl: TargetL0 | None, l0: float | None) -> str | None:
     """One line at the end of a run whose held-out L0 ended more than MISS from its target (None if within)."""
-    if target_l0 is None or sparsity_control == "k" or l0 is None or abs(l0 / target_l0 - 1) <= MISS:
+    if ctl is None or l0 is None or abs(l0 / ctl.target_l0 - 1) <= MISS:
         return None
-    way = "under" if l0 < target_l0 else "over"
-    return (f"saeexp: warning: train.target_l0={target_l0:g} ended at held-out L0 {l0:.3g}, "
-            f"{abs(l0 / target_l0 - 1):.0%} {way} (README \"Training to a target L0\" says where the controller "
+    way = "under" if l0 < ctl.target_l0 else "over"
+    return (f"saeexp: warning: train.target_l0={ctl.target_l0:g} ended at held-out L0 {l0:.3g}, "
+            f"{abs(l0 / ctl.target_l0 - 1):.0%} {way} (README \"Training to a target L0\" says where the controller "
             "falls short); the SAE is saved as trained")
