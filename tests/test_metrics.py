@@ -60,6 +60,20 @@ def test_ground_truth_recovery():
     assert best.tolist() == pytest.approx([0.0, 0.0, 0.0])
 
 
+def test_dense_unexplained_counts_dense_latents_that_copy_no_true_feature():
+    truth = torch.eye(4)
+    truth_density = torch.tensor([0.15, 0.05, 0.10, 0.01])
+    W_dec = torch.tensor([[1.0, 0.0, 0.0, 0.0],    # copies feature 0, fires at 0.16 / 0.15: explained
+                          [0.0, 1.0, 0.0, 0.0],    # copies feature 1 but fires 0.12 / 0.05 = 2.4x as often
+                          [0.0, 0.6, 0.8, 0.0],    # cosine 0.8 with feature 2 (at the line), 1.5x its rate
+                          [0.5, 0.5, 0.5, 0.5],    # cosine 0.5 with every feature: a copy of none
+                          [0.0, 0.0, 0.0, 1.0]])   # fires on exactly 10%: not dense, not counted
+    density = torch.tensor([0.16, 0.12, 0.15, 0.5, 0.1])
+    assert M.dense_unexplained(density, W_dec, truth, truth_density) == 2  # rows 1 and 3
+    # no dense latent at all: nothing to explain
+    assert M.dense_unexplained(density.clamp(max=0.1), W_dec, truth, truth_density) == 0
+
+
 def test_feature_mcc_matches_hand_computation():
     # true A = [1,1,0,0], B = [0,1,1,0]; learned f0 = [1,2,1,0] (correlation 1/sqrt2 with both),
     # f1 = 3 * A (correlation 1 with A, 0 with B), f2 never fires (correlation 0)

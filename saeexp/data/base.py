@@ -65,6 +65,10 @@ class ActivationSource:
         """Ground-truth unit-norm feature directions [n_features, d_in], when known (synthetic data)."""
         return None
 
+    def truth_density(self) -> Tensor | None:
+        """Each true feature's firing probability per token [n_features], when known (with `truth`)."""
+        return None
+
     def describe(self) -> dict:
         """Facts worth recording with a run (sizes, files)."""
         return {}

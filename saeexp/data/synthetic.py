@@ -52,6 +52,13 @@ class SyntheticSource(ActivationSource):
     def truth(self) -> Tensor:
         return self.truth_ND
 
+    def truth_density(self) -> Tensor:
+        # a group member fires alone (p_i) or with its group (group_p), independently
+        p_N = self.p_N.clone()
+        n = self.groups * self.group_size
+        p_N[:n] = 1 - (1 - p_N[:n]) * (1 - self.group_p)
+        return p_N
+
     def _generate(self, n: int, gen: torch.Generator) -> Tensor:
         return self.draw(n, gen)[1]
 

@@ -30,6 +30,8 @@ def score(sae, source, input_scale: float, batch_size: int = 4096, model_eval: b
     truth = source.truth()
     if truth is not None:
         scalars.update(M.ground_truth_recovery(truth, sae.W_dec.detach()))
+        if (truth_density := source.truth_density()) is not None:
+            scalars["dense_unexplained"] = M.dense_unexplained(density, sae.W_dec.detach(), truth, truth_density)
     if model_eval and source.provides_model_eval:
         # sources backed by a model (data=lm) add metrics with the model in the loop (CE loss recovered)
         scalars.update(source.model_eval(sae, input_scale))
@@ -81,7 +83,7 @@ def write_report(scalars: dict, arrays: dict, run_dir: Path, logger=None, prefix
 
 
 def summary(scalars: dict) -> str:
-    keys = ["l0", "mse", "fvu", "l2_ratio", "gamma", "dead", "dense", "dec_mmcs", "gt_mmcs", "gt_recovered@0.9",
+    keys = ["l0", "mse", "fvu", "l2_ratio", "gamma", "dead", "dense", "dense_unexplained", "dec_mmcs", "gt_mmcs", "gt_recovered@0.9",
             "ce_loss_recovered"]
     parts = []
     for k in keys:
