@@ -28,6 +28,13 @@ def test_the_synthetic_defaults_and_the_experiments_keep_their_own():
     assert synthetic.train.target_l0 is None and synthetic.model.d_sae == 16 * synthetic.data.d_in
     demo = compose_cfg(["experiment=demo"])  # the README's main job: a fixed coefficient
     assert demo.train.target_l0 is None and demo.loss.l1 == 2e-3
+    # another variant on the demo keeps its own penalty (the demo set loss.l1, and jumprelu's L0 penalty has none:
+    # `saeexp experiment=demo model=jumprelu` failed with Hydra's TypeError)
+    jump = compose_cfg(["experiment=demo", "model=jumprelu"])
+    assert jump.loss._target_ == "saeexp.losses.L0" and jump.loss.l0 == compose_cfg(["model=jumprelu"]).loss.l0
+    from hydra.utils import instantiate
+
+    instantiate(jump.loss)
     grid = compose_cfg(["experiment=relu_grid", "data=lm"])  # a coefficient grid stays a grid on an LM
     assert grid.train.target_l0 is None
     assert compose_cfg(["data=lm", "train.target_l0=null", "model.d_sae=1024"]).train.target_l0 is None
