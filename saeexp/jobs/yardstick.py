@@ -37,6 +37,11 @@ class PCAReconstruction(torch.nn.Module):
         self.d_sae = rank  # what metrics.evaluate counts features over
         self.dummy = torch.nn.Parameter(torch.zeros(()), requires_grad=False)  # device/dtype for callers
 
+    @property
+    def W_dec(self) -> torch.Tensor:
+        """The decoder rows [rank, D] (x_hat = mean + z W_dec), as an SAE's: scoring reads its dtype and device."""
+        return self.U_DR.T
+
     def forward(self, x_ND: torch.Tensor) -> SAEOutput:
         z_NR = (x_ND - self.mean_D) @ self.U_DR
         x_hat = torch.addmm(self.mean_D, z_NR, self.U_DR.T)
