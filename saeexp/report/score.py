@@ -83,8 +83,8 @@ def write_report(scalars: dict, arrays: dict, run_dir: Path, logger=None, prefix
 
 
 def summary(scalars: dict) -> str:
-    keys = ["l0", "mse", "fvu", "l2_ratio", "gamma", "dead", "dense", "dense_unexplained", "dec_mmcs", "gt_mmcs", "gt_recovered@0.9",
-            "ce_loss_recovered"]
+    keys = ["l0", "mse", "fvu", "l2_ratio", "gamma", "dead", "dense", "dense_unexplained", "dec_mmcs", "gt_mmcs",
+            "gt_recovered@0.9", "ce_loss_recovered"]
     parts = []
     for k in keys:
         if k in scalars and scalars[k] is not None:

@@ -9,7 +9,7 @@ from saeexp.losses.base import LossTerm
 from saeexp.losses.recon import MSE
 from saeexp.metrics import batch_metrics, decoder_mmcs
 from saeexp.sae.base import SAE
-from saeexp.train.memory import reuse_freed_memory
+from saeexp.train.memory import release_freed_memory, reuse_freed_memory
 from saeexp.train.step import (
     Recipe,
     after_optimizer_step,
@@ -107,6 +107,9 @@ class SAEModule(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.reuse_memory:
             reuse_freed_memory()
+
+    def on_fit_end(self) -> None:
+        release_freed_memory()  # the end-of-run evaluation allocates in other sizes: see saeexp/train/memory.py
 
     # --- data parallelism (trainer=ddp): each rank steps on its shard of every global batch ----------------------
     def setup(self, stage: str) -> None:

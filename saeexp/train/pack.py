@@ -29,7 +29,7 @@ import torch
 from saeexp.errors import ConfigError, StorageError, TrainingDiverged
 from saeexp.train.callbacks import verify_checkpoint, weights_healthy
 from saeexp.train.datamodule import stream_state
-from saeexp.train.memory import reuse_freed_memory
+from saeexp.train.memory import release_freed_memory, reuse_freed_memory
 from saeexp.train.module import SAEModule
 from saeexp.train.step import after_optimizer_step, before_optimizer_step, make_optimizer, step_losses
 from saeexp.util.files import temp_name
@@ -256,6 +256,7 @@ def fit(members: list[Member], source, batch_size: int, seed: int, trainer_confi
             progress(step, total, time.perf_counter() - t0, members)
         if signals.signum is not None and step < total:
             break
+    release_freed_memory()  # as SAEModule.on_fit_end: the members' scoring allocates in other sizes
     return step
 
 
