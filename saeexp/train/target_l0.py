@@ -34,7 +34,9 @@ HOLD = 0.008
 FREEZE_FRACTION = 0.1
 MIN_CONTROL_STEPS = 300  # relu, gated and scsae settled within 250-350 steps of control from the default coefficient
 U_LIMIT = 25.0  # |log factor| at most: lambda within coef * e^+-25, far past any useful value
-MISS = 0.25  # the controller lands the training batches' L0; held-out windows can differ by 10-15% (SmolLM2)
+# the controller lands the training batches' L0; held-out L0 ended within 10% of it on the synthetic data and, over
+# data=lm's 131k held-out tokens, within 2% on SmolLM2 (its old 16k-token held-out set read 11-14% above)
+MISS = 0.15
 
 
 class TargetL0(nn.Module):
