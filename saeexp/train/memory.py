@@ -16,6 +16,7 @@ import sys
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _DEFAULT_TRIM, _DEFAULT_MMAP_MAX = 128 * 1024, 65536  # glibc's own (mallopt(3))
+_INT_MAX = 2 ** 31 - 1
 _done = False
 
 
@@ -28,7 +29,9 @@ def reuse_freed_memory() -> bool:
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 40) == 1
+        # mallopt takes a C int: 1 << 40, the value used until 2026-12-08, arrived as 0, so glibc trimmed every
+        # freed block at the top of the heap (kept only those inside it); INT_MAX keeps up to 2 GB at the top
+        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, _INT_MAX) == 1
     except (OSError, AttributeError):  # not glibc (musl, ...)
         return False
     _done = ok
