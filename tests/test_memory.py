@@ -6,14 +6,13 @@ CHILD = r"""
 import ctypes
 from saeexp.train.memory import release_freed_memory, reuse_freed_memory
 
-libc = ctypes.CDLL("libc.so.6")
-libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
-
 def rss():
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS:")) / 1024
 
-if not reuse_freed_memory():
+if not reuse_freed_memory():  # not Linux with glibc: checked before glibc's malloc is loaded below
     print("skip"); raise SystemExit
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
 base = rss()
 block = libc.malloc(256 << 20)  # a 256 MB step buffer: from the heap now (glibc would otherwise mmap it)
 ctypes.memset(block, 1, 256 << 20)

@@ -20,6 +20,10 @@ _INT_MAX = 2 ** 31 - 1
 _done = False
 
 
+def _libc():
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
 def reuse_freed_memory() -> bool:
     """Ask glibc to keep freed memory for reuse (Linux/glibc only; a no-op elsewhere). Returns whether it applied."""
     global _done
@@ -28,7 +32,7 @@ def reuse_freed_memory() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = _libc()
         # mallopt takes a C int: 1 << 40, the value used until 2026-12-08, arrived as 0, so glibc trimmed every
         # freed block at the top of the heap (kept only those inside it); INT_MAX keeps up to 2 GB at the top
         ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, _INT_MAX) == 1
@@ -43,7 +47,7 @@ def release_freed_memory() -> None:
     global _done
     if not _done:
         return
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc = _libc()  # reuse_freed_memory loaded it: glibc is there
     libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
     libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM)
     libc.malloc_trim(0)

@@ -95,9 +95,9 @@ def freeze_step(total_steps: int) -> int:
 
 def budget_warning(ctl: TargetL0 | None, total_steps: int) -> str | None:
     """One line at the start of a run whose controller has too few steps to land (None when it has enough)."""
-    if ctl is None or ctl.freeze_step - ctl.start_step >= MIN_CONTROL_STEPS:
+    if ctl is None or (steps := ctl.freeze_step - ctl.start_step) >= MIN_CONTROL_STEPS:
         return None
-    return (f"saeexp: warning: train.target_l0={ctl.target_l0:g} gets {max(ctl.freeze_step - ctl.start_step, 0)} "
+    return (f"saeexp: warning: train.target_l0={ctl.target_l0:g} gets {max(steps, 0)} "
             f"steps of control (of {total_steps}) and needs about {MIN_CONTROL_STEPS} to land: expect the run to "
             "end off target; raise train.tokens or lower train.batch_size")
 
@@ -112,9 +112,9 @@ def settled_coef(penalties: list, ctl: TargetL0 | None) -> float | None:
 
 def miss_warning(ctl: TargetL0 | None, l0: float | None) -> str | None:
     """One line at the end of a run whose held-out L0 ended more than MISS from its target (None if within)."""
-    if ctl is None or l0 is None or abs(l0 / ctl.target_l0 - 1) <= MISS:
+    if ctl is None or l0 is None or (off := abs(l0 / ctl.target_l0 - 1)) <= MISS:
         return None
     way = "under" if l0 < ctl.target_l0 else "over"
     return (f"saeexp: warning: train.target_l0={ctl.target_l0:g} ended at held-out L0 {l0:.3g}, "
-            f"{abs(l0 / ctl.target_l0 - 1):.0%} {way} (README \"Training to a target L0\" says where the controller "
+            f"{off:.0%} {way} (README \"Training to a target L0\" says where the controller "
             "falls short); the SAE is saved as trained")
